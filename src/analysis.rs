@@ -1,0 +1,171 @@
+//! Analysis stage: per face, the frame-level deepfake probability (and the features behind it),
+//! the temporal model stepped once per frame with its hidden state held per track, and emotion.
+//!
+//! Scores come only from models the manifest names: with no deepfake model there is no score.
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::face::{square_region, Detection};
+use crate::frame::{crop_resize_into, Colour, Frame, Normalise};
+use crate::infer::{Backend, Model, Tensor};
+use crate::manifest::{Manifest, ModelSpec};
+
+/// Manifest keys of the analysis models.
+pub const DEEPFAKE_KEY: &str = "deepfake";
+pub const TEMPORAL_KEY: &str = "deepfake_temporal_step";
+pub const EMOTION_KEY: &str = "emotion";
+
+/// How to cut and normalise one model's face crop.
+#[derive(Clone, Debug)]
+pub struct CropSpec {
+    pub width: usize,
+    pub height: usize,
+    pub scale: f64,
+    pub colour: Colour,
+    pub norm: Normalise,
+}
+
+impl CropSpec {
+    pub fn from_model(spec: &ModelSpec) -> Result<Self> {
+        let (height, width) = spec.image_size()?;
+        Ok(CropSpec {
+            width,
+            height,
+            scale: spec.crop_scale.unwrap_or(1.0) as f64,
+            colour: spec.colour()?,
+            norm: spec.normalise(),
+        })
+    }
+
+    /// The model input for one face.
+    pub fn tensor(&self, frame: &Frame, detection: &Detection) -> Tensor {
+        let region = square_region(&detection.bbox, self.scale);
+        let channels = self.colour.channels();
+        let mut data = vec![0f32; channels * self.width * self.height];
+        crop_resize_into(frame, region, self.width, self.height, self.colour, self.norm, &mut data);
+        Tensor::new(vec![1, channels, self.height, self.width], data)
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// The frame deepfake model: face crop in, (features, fake logit) out.
+pub struct DeepfakeModel {
+    model: Box<dyn Model>,
+    pub crop: CropSpec,
+}
+
+/// The temporal model, one step per frame: (features, hidden) in, (fake logit, hidden) out.
+pub struct TemporalModel {
+    model: Box<dyn Model>,
+    feature_shape: Vec<usize>,
+    hidden_shape: Vec<usize>,
+}
+
+impl TemporalModel {
+    pub fn initial_state(&self) -> Vec<f32> {
+        vec![0.0; self.hidden_shape.iter().product()]
+    }
+
+    /// One step: returns the probability after this frame and updates the hidden state.
+    pub fn step(&self, features: &[f32], hidden: &mut Vec<f32>) -> Result<f32> {
+        let x = Tensor::new(self.feature_shape.clone(), features.to_vec());
+        let h = Tensor::new(self.hidden_shape.clone(), std::mem::take(hidden));
+        let out = self.model.run(&[x, h])?;
+        if out.len() < 2 {
+            bail!("temporal model must output (fake_logit, Y_h)");
+        }
+        *hidden = out[1].data.clone();
+        Ok(sigmoid(out[0].data[0]))
+    }
+}
+
+pub struct EmotionModel {
+    model: Box<dyn Model>,
+    pub crop: CropSpec,
+    pub classes: Vec<String>,
+}
+
+/// What the analysis stage says about one face in one frame.
+#[derive(Clone, Debug, Serialize)]
+pub struct FaceAnalysis {
+    /// Frame-level fake probability; None when no deepfake model is installed.
+    pub deepfake: Option<f32>,
+    /// The temporal model's probability after this frame.
+    pub temporal: Option<f32>,
+    pub emotion: Option<EmotionScore>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EmotionScore {
+    pub label: String,
+    pub index: usize,
+    pub confidence: f32,
+    pub probabilities: Vec<f32>,
+}
+
+/// The analysis models, loaded once.
+pub struct Analyzer {
+    pub deepfake: Option<DeepfakeModel>,
+    pub temporal: Option<TemporalModel>,
+    pub emotion: Option<EmotionModel>,
+}
+
+impl Analyzer {
+    pub fn load(backend: &dyn Backend, manifest: &Manifest, deepfake_key: &str) -> Result<Self> {
+        let deepfake = match manifest.models.get(deepfake_key) {
+            Some(spec) => {
+                if spec.outputs.len() < 2 {
+                    bail!("{}: a deepfake model must output (features, fake_logit)", spec.file);
+                }
+                Some(DeepfakeModel { model: backend.load(manifest, deepfake_key)?, crop: CropSpec::from_model(spec)? })
+            }
+            None => None,
+        };
+        let temporal = match (manifest.models.get(TEMPORAL_KEY), &deepfake) {
+            (Some(spec), Some(_)) => {
+                let hidden = spec.extra_inputs.first().with_context(|| format!("{}: temporal model needs a hidden-state input", spec.file))?;
+                Some(TemporalModel {
+                    model: backend.load(manifest, TEMPORAL_KEY)?,
+                    feature_shape: spec.input.shape.clone(),
+                    hidden_shape: hidden.shape.clone(),
+                })
+            }
+            _ => None,
+        };
+        let emotion = match manifest.models.get(EMOTION_KEY) {
+            Some(spec) => Some(EmotionModel {
+                model: backend.load(manifest, EMOTION_KEY)?,
+                crop: CropSpec::from_model(spec)?,
+                classes: spec.classes.clone(),
+            }),
+            None => None,
+        };
+        Ok(Analyzer { deepfake, temporal, emotion })
+    }
+
+    /// Frame deepfake model: (probability, features).
+    pub fn deepfake_frame(&self, frame: &Frame, det: &Detection) -> Result<Option<(f32, Vec<f32>)>> {
+        let Some(df) = &self.deepfake else { return Ok(None) };
+        let out = df.model.run(&[df.crop.tensor(frame, det)])?;
+        let features = out[0].data.clone();
+        Ok(Some((sigmoid(out[1].data[0]), features)))
+    }
+
+    pub fn emotion(&self, frame: &Frame, det: &Detection) -> Result<Option<EmotionScore>> {
+        let Some(em) = &self.emotion else { return Ok(None) };
+        let out = em.model.run(&[em.crop.tensor(frame, det)])?;
+        let probabilities = out[0].data.clone();
+        let (index, confidence) = probabilities
+            .iter()
+            .copied()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .context("emotion model returned no classes")?;
+        let label = em.classes.get(index).cloned().unwrap_or_else(|| format!("class{index}"));
+        Ok(Some(EmotionScore { label, index, confidence, probabilities }))
+    }
+}

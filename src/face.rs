@@ -1,0 +1,307 @@
+//! Face stage: BlazeFace detection (anchors, sigmoid scores, weighted NMS), an IoU tracker that
+//! keeps a stable id per face, and square crops for the downstream models.
+//!
+//! Decoding mirrors `models/tools/preprocess.py`; the golden tests compare the two.
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use crate::frame::{letterbox_into, Frame, Letterbox, Normalise, Region};
+use crate::infer::{Model, Tensor};
+use crate::manifest::{DetectorSpec, ModelSpec};
+
+/// Axis-aligned box in frame pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct BoxF {
+    pub xmin: f64,
+    pub ymin: f64,
+    pub xmax: f64,
+    pub ymax: f64,
+}
+
+impl BoxF {
+    pub fn width(&self) -> f64 {
+        self.xmax - self.xmin
+    }
+    pub fn height(&self) -> f64 {
+        self.ymax - self.ymin
+    }
+    pub fn area(&self) -> f64 {
+        self.width().max(0.0) * self.height().max(0.0)
+    }
+    pub fn iou(&self, other: &BoxF) -> f64 {
+        let ix = (self.xmax.min(other.xmax) - self.xmin.max(other.xmin)).max(0.0);
+        let iy = (self.ymax.min(other.ymax) - self.ymin.max(other.ymin)).max(0.0);
+        let inter = ix * iy;
+        let union = self.area() + other.area() - inter;
+        if union > 0.0 {
+            inter / union
+        } else {
+            0.0
+        }
+    }
+}
+
+/// One detected face: box, score and the six BlazeFace keypoints (eyes, nose, mouth, ears).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Detection {
+    pub score: f64,
+    pub bbox: BoxF,
+    pub keypoints: [(f64, f64); 6],
+}
+
+/// Anchor centres, normalised, in the order of the model's outputs.
+pub fn anchors(spec: &DetectorSpec) -> Vec<(f64, f64)> {
+    let mut centres = Vec::new();
+    let mut layer = 0;
+    while layer < spec.strides.len() {
+        let stride = spec.strides[layer];
+        let same = spec.strides[layer..].iter().take_while(|s| **s == stride).count();
+        let per_cell = same * spec.anchors_per_layer;
+        let fm = spec.size.div_ceil(stride);
+        for y in 0..fm {
+            for x in 0..fm {
+                for _ in 0..per_cell {
+                    centres.push(((x as f64 + 0.5) / fm as f64, (y as f64 + 0.5) / fm as f64));
+                }
+            }
+        }
+        layer += same;
+    }
+    centres
+}
+
+/// Decode raw BlazeFace outputs into detections normalised to the detector input.
+pub fn decode(regressors: &[f32], scores: &[f32], anchors: &[(f64, f64)], spec: &DetectorSpec) -> Vec<Detection> {
+    let size = spec.size as f64;
+    let mut cand: Vec<Detection> = Vec::new();
+    for (i, (&logit, &(ax, ay))) in scores.iter().zip(anchors).enumerate() {
+        let prob = 1.0 / (1.0 + (-(logit as f64).clamp(-100.0, 100.0)).exp());
+        if prob < spec.score_threshold as f64 {
+            continue;
+        }
+        let r = &regressors[i * 16..i * 16 + 16];
+        let cx = r[0] as f64 / size + ax;
+        let cy = r[1] as f64 / size + ay;
+        let w = r[2] as f64 / size;
+        let h = r[3] as f64 / size;
+        let mut keypoints = [(0.0, 0.0); 6];
+        for (k, kp) in keypoints.iter_mut().enumerate() {
+            *kp = (r[4 + 2 * k] as f64 / size + ax, r[5 + 2 * k] as f64 / size + ay);
+        }
+        let bbox = BoxF { xmin: cx - w / 2.0, ymin: cy - h / 2.0, xmax: cx + w / 2.0, ymax: cy + h / 2.0 };
+        cand.push(Detection { score: prob, bbox, keypoints });
+    }
+    weighted_nms(cand, spec.nms_iou as f64)
+}
+
+/// MediaPipe's weighted NMS: each kept face is the score-weighted mean of the boxes it absorbs.
+fn weighted_nms(mut cand: Vec<Detection>, iou_threshold: f64) -> Vec<Detection> {
+    // Stable sort: equal scores keep anchor order, as Python's sort does.
+    cand.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut faces = Vec::new();
+    while let Some(best) = cand.first().cloned() {
+        let (group, rest): (Vec<_>, Vec<_>) = cand.into_iter().partition(|c| best.bbox.iou(&c.bbox) > iou_threshold);
+        let total: f64 = group.iter().map(|c| c.score).sum();
+        let mut merged = Detection {
+            score: best.score,
+            bbox: BoxF { xmin: 0.0, ymin: 0.0, xmax: 0.0, ymax: 0.0 },
+            keypoints: [(0.0, 0.0); 6],
+        };
+        for c in &group {
+            let w = c.score / total;
+            merged.bbox.xmin += w * c.bbox.xmin;
+            merged.bbox.ymin += w * c.bbox.ymin;
+            merged.bbox.xmax += w * c.bbox.xmax;
+            merged.bbox.ymax += w * c.bbox.ymax;
+            for (m, k) in merged.keypoints.iter_mut().zip(&c.keypoints) {
+                m.0 += w * k.0;
+                m.1 += w * k.1;
+            }
+        }
+        faces.push(merged);
+        cand = rest;
+    }
+    faces
+}
+
+/// The face detector: a BlazeFace model plus its anchors, reusing one input buffer.
+pub struct FaceDetector {
+    model: Box<dyn Model>,
+    spec: DetectorSpec,
+    anchors: Vec<(f64, f64)>,
+    norm: Normalise,
+}
+
+impl FaceDetector {
+    pub fn new(model: Box<dyn Model>, spec: DetectorSpec, model_spec: &ModelSpec) -> Result<Self> {
+        let anchors = anchors(&spec);
+        let (h, w) = model_spec.image_size()?;
+        if h != spec.size || w != spec.size {
+            bail!("{}: detector input {w}x{h} does not match anchor size {}", model_spec.file, spec.size);
+        }
+        Ok(FaceDetector { model, spec, anchors, norm: model_spec.normalise() })
+    }
+
+    /// The letterboxed, normalised input tensor for a frame.
+    pub fn input(&self, frame: &Frame) -> (Tensor, Letterbox) {
+        let size = self.spec.size;
+        let lb = Letterbox::new(frame.width, frame.height, size);
+        let mut data = vec![0f32; 3 * size * size];
+        letterbox_into(frame, &lb, self.norm, &mut data);
+        (Tensor::new(vec![1, 3, size, size], data), lb)
+    }
+
+    /// Faces in frame pixels, highest score first.
+    pub fn detect(&self, frame: &Frame) -> Result<Vec<Detection>> {
+        let (input, lb) = self.input(frame);
+        let out = self.model.run(&[input])?;
+        if out.len() < 2 || out[0].data.len() != self.anchors.len() * 16 || out[1].data.len() != self.anchors.len() {
+            bail!("face detector outputs do not match {} anchors", self.anchors.len());
+        }
+        Ok(decode(&out[0].data, &out[1].data, &self.anchors, &self.spec)
+            .into_iter()
+            .map(|d| to_frame(&d, &lb))
+            .collect())
+    }
+}
+
+/// Map a detection from letterboxed-normalised to frame pixel coordinates.
+pub fn to_frame(d: &Detection, lb: &Letterbox) -> Detection {
+    let (xmin, ymin) = lb.to_frame(d.bbox.xmin, d.bbox.ymin);
+    let (xmax, ymax) = lb.to_frame(d.bbox.xmax, d.bbox.ymax);
+    let mut keypoints = d.keypoints;
+    for k in keypoints.iter_mut() {
+        *k = lb.to_frame(k.0, k.1);
+    }
+    Detection { score: d.score, bbox: BoxF { xmin, ymin, xmax, ymax }, keypoints }
+}
+
+/// Square crop region centred on the box; side = longer box side x `scale`.
+pub fn square_region(b: &BoxF, scale: f64) -> Region {
+    let cx = (b.xmin + b.xmax) / 2.0;
+    let cy = (b.ymin + b.ymax) / 2.0;
+    let side = b.width().max(b.height()) * scale;
+    let side_i = ((side + 0.5).floor() as usize).max(1);
+    Region {
+        x0: (cx - side / 2.0 + 0.5).floor() as i64,
+        y0: (cy - side / 2.0 + 0.5).floor() as i64,
+        width: side_i,
+        height: side_i,
+    }
+}
+
+/// A face followed across frames.
+#[derive(Clone, Debug)]
+pub struct Track {
+    pub id: u32,
+    pub detection: Detection,
+    pub last_seen: u64,
+    pub hits: u32,
+}
+
+/// Greedy IoU tracker: each detection joins the overlapping track it matches best, or starts one.
+pub struct Tracker {
+    tracks: Vec<Track>,
+    next_id: u32,
+    min_iou: f64,
+    max_missed_frames: u64,
+}
+
+impl Tracker {
+    pub fn new(min_iou: f64, max_missed_frames: u64) -> Self {
+        Tracker { tracks: Vec::new(), next_id: 1, min_iou, max_missed_frames }
+    }
+
+    /// Assign track ids to this frame's detections; returns (track id, detection) pairs.
+    pub fn update(&mut self, frame_no: u64, detections: &[Detection]) -> Vec<(u32, Detection)> {
+        let mut pairs: Vec<(f64, usize, usize)> = Vec::new();
+        for (t, track) in self.tracks.iter().enumerate() {
+            for (d, det) in detections.iter().enumerate() {
+                let iou = track.detection.bbox.iou(&det.bbox);
+                if iou >= self.min_iou {
+                    pairs.push((iou, t, d));
+                }
+            }
+        }
+        pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut track_used = vec![false; self.tracks.len()];
+        let mut assigned: Vec<Option<u32>> = vec![None; detections.len()];
+        for (_, t, d) in pairs {
+            if track_used[t] || assigned[d].is_some() {
+                continue;
+            }
+            track_used[t] = true;
+            let track = &mut self.tracks[t];
+            track.detection = detections[d].clone();
+            track.last_seen = frame_no;
+            track.hits += 1;
+            assigned[d] = Some(track.id);
+        }
+        for (d, slot) in assigned.iter_mut().enumerate() {
+            if slot.is_none() {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.tracks.push(Track { id, detection: detections[d].clone(), last_seen: frame_no, hits: 1 });
+                *slot = Some(id);
+            }
+        }
+        let max_missed = self.max_missed_frames;
+        self.tracks.retain(|t| frame_no.saturating_sub(t.last_seen) <= max_missed);
+        assigned.into_iter().flatten().zip(detections.iter().cloned()).collect()
+    }
+
+    /// Ids of tracks dropped since they were last seen more than the allowed gap ago.
+    pub fn live_ids(&self) -> Vec<u32> {
+        self.tracks.iter().map(|t| t.id).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn det(x: f64, y: f64, s: f64, score: f64) -> Detection {
+        Detection { score, bbox: BoxF { xmin: x, ymin: y, xmax: x + s, ymax: y + s }, keypoints: [(0.0, 0.0); 6] }
+    }
+
+    #[test]
+    fn anchor_counts_match_blazeface() {
+        let short = DetectorSpec { size: 128, strides: vec![8, 16, 16, 16], anchors_per_layer: 2, score_threshold: 0.5, nms_iou: 0.3 };
+        let full = DetectorSpec { size: 192, strides: vec![4], anchors_per_layer: 1, score_threshold: 0.5, nms_iou: 0.3 };
+        assert_eq!(anchors(&short).len(), 896);
+        assert_eq!(anchors(&full).len(), 2304);
+        assert_eq!(anchors(&short)[0], (1.0 / 32.0, 1.0 / 32.0));
+    }
+
+    #[test]
+    fn weighted_nms_merges_overlaps_and_keeps_separate_faces() {
+        let faces = weighted_nms(vec![det(0.0, 0.0, 10.0, 0.9), det(1.0, 0.0, 10.0, 0.6), det(50.0, 50.0, 10.0, 0.7)], 0.3);
+        assert_eq!(faces.len(), 2);
+        assert_eq!(faces[0].score, 0.9);
+        let expected_x = (0.9 * 0.0 + 0.6 * 1.0) / 1.5;
+        assert!((faces[0].bbox.xmin - expected_x).abs() < 1e-12);
+        assert_eq!(faces[1].bbox.xmin, 50.0);
+    }
+
+    #[test]
+    fn tracker_keeps_ids_while_faces_move_and_forgets_lost_ones() {
+        let mut tracker = Tracker::new(0.3, 2);
+        let a = tracker.update(0, &[det(0.0, 0.0, 10.0, 0.9), det(100.0, 0.0, 10.0, 0.9)]);
+        assert_eq!(a.iter().map(|p| p.0).collect::<Vec<_>>(), vec![1, 2]);
+        // Both move a little, listed in the other order: ids follow the faces, not the order.
+        let b = tracker.update(1, &[det(102.0, 1.0, 10.0, 0.9), det(1.0, 1.0, 10.0, 0.9)]);
+        assert_eq!(b.iter().map(|p| p.0).collect::<Vec<_>>(), vec![2, 1]);
+        // Face 2 vanishes for longer than the allowed gap; a face in its place is new.
+        tracker.update(2, &[det(1.0, 1.0, 10.0, 0.9)]);
+        tracker.update(5, &[det(1.0, 1.0, 10.0, 0.9)]);
+        let c = tracker.update(6, &[det(1.0, 1.0, 10.0, 0.9), det(102.0, 1.0, 10.0, 0.9)]);
+        assert_eq!(c.iter().map(|p| p.0).collect::<Vec<_>>(), vec![1, 3]);
+    }
+
+    #[test]
+    fn square_region_is_centred_and_scaled() {
+        let r = square_region(&BoxF { xmin: 10.0, ymin: 20.0, xmax: 30.0, ymax: 60.0 }, 1.5);
+        assert_eq!(r, Region { x0: -10, y0: 10, width: 60, height: 60 });
+    }
+}

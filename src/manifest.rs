@@ -1,0 +1,156 @@
+//! `models/manifest.toml`: which ONNX files exist, what they expect and where they came from.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::frame::{Colour, Normalise};
+
+#[derive(Debug, Deserialize)]
+pub struct Manifest {
+    pub schema: u32,
+    #[serde(default)]
+    pub detector: BTreeMap<String, DetectorSpec>,
+    pub models: BTreeMap<String, ModelSpec>,
+    /// Folder the manifest was read from; model files are relative to it.
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+/// BlazeFace anchor and decoding parameters.
+#[derive(Clone, Debug, Deserialize)]
+pub struct DetectorSpec {
+    pub size: usize,
+    pub strides: Vec<usize>,
+    pub anchors_per_layer: usize,
+    pub score_threshold: f32,
+    pub nms_iou: f32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct InputSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub layout: String,
+    pub dtype: String,
+    pub colour: String,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+pub struct NormaliseSpec {
+    pub mean: f32,
+    pub std: f32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct ModelSpec {
+    pub file: String,
+    pub sha256: String,
+    pub task: String,
+    #[serde(default)]
+    pub description: String,
+    pub input: InputSpec,
+    /// Further inputs (e.g. a GRU's hidden state), in the model's input order after `input`.
+    #[serde(default)]
+    pub extra_inputs: Vec<InputSpec>,
+    #[serde(default)]
+    pub normalise: Option<NormaliseSpec>,
+    pub outputs: Vec<String>,
+    #[serde(default)]
+    pub classes: Vec<String>,
+    #[serde(default)]
+    pub crop_scale: Option<f32>,
+    #[serde(default)]
+    pub variant_of: Option<String>,
+    pub licence: String,
+    pub source: String,
+    pub training_data: String,
+}
+
+impl ModelSpec {
+    pub fn colour(&self) -> Result<Colour> {
+        match self.input.colour.as_str() {
+            "RGB" => Ok(Colour::Rgb),
+            "GREY" => Ok(Colour::Grey),
+            other => bail!("model {}: unsupported colour order {other:?}", self.file),
+        }
+    }
+
+    pub fn normalise(&self) -> Normalise {
+        let n = self.normalise.unwrap_or(NormaliseSpec { mean: 0.0, std: 1.0 });
+        Normalise { mean: n.mean, std: n.std }
+    }
+
+    /// (height, width) of an NCHW image input.
+    pub fn image_size(&self) -> Result<(usize, usize)> {
+        match self.input.shape.as_slice() {
+            [1, _, h, w] if self.input.layout == "NCHW" => Ok((*h, *w)),
+            _ => bail!("model {}: expected an NCHW image input, manifest says {:?}", self.file, self.input.shape),
+        }
+    }
+}
+
+impl Manifest {
+    /// Read and check a manifest. Errors name the file and the cause.
+    pub fn load(path: &Path) -> Result<Manifest> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read model manifest", path.display()))?;
+        let mut m: Manifest =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: invalid manifest: {}", path.display(), e.message()))?;
+        if m.schema != 1 {
+            bail!("{}: manifest schema {} is not supported (this build reads 1)", path.display(), m.schema);
+        }
+        m.dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(m)
+    }
+
+    pub fn model(&self, key: &str) -> Result<&ModelSpec> {
+        self.models.get(key).with_context(|| {
+            format!("{}: no model {key:?} (has: {})", self.dir.join("manifest.toml").display(), self.keys().join(", "))
+        })
+    }
+
+    pub fn keys(&self) -> Vec<&str> {
+        self.models.keys().map(String::as_str).collect()
+    }
+
+    pub fn path_of(&self, spec: &ModelSpec) -> PathBuf {
+        self.dir.join(&spec.file)
+    }
+
+    /// Read a model file and check its sha256 against the manifest.
+    pub fn read_verified(&self, key: &str) -> Result<(PathBuf, Vec<u8>)> {
+        let spec = self.model(key)?;
+        let path = self.path_of(spec);
+        let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read model file", path.display()))?;
+        let digest = hex(&Sha256::digest(&bytes));
+        if !digest.eq_ignore_ascii_case(&spec.sha256) {
+            bail!(
+                "{}: sha256 {} does not match the manifest ({}): wrong or corrupt model file",
+                path.display(),
+                &digest[..16],
+                &spec.sha256[..spec.sha256.len().min(16)]
+            );
+        }
+        Ok((path, bytes))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The manifest next to the binary's models: `$VERIFACE_MODELS`, `./models`, the installed path.
+pub fn default_manifest_path() -> PathBuf {
+    if let Some(dir) = std::env::var_os("VERIFACE_MODELS") {
+        return PathBuf::from(dir).join("manifest.toml");
+    }
+    let candidates = [
+        PathBuf::from("models/manifest.toml"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/manifest.toml"),
+        PathBuf::from("/usr/share/veriface/models/manifest.toml"),
+    ];
+    candidates.iter().find(|p| p.exists()).cloned().unwrap_or_else(|| candidates[0].clone())
+}

@@ -1,0 +1,205 @@
+//! Verdict stage: per track, a smoothed probability, a REAL / FAKE / UNCERTAIN decision with
+//! hysteresis, its confidence and temporal consistency. One struct, used by every output.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Label {
+    Real,
+    Fake,
+    Uncertain,
+    /// No deepfake model installed: nothing to decide with.
+    Unscored,
+}
+
+impl std::fmt::Display for Label {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Label::Real => "REAL",
+            Label::Fake => "FAKE",
+            Label::Uncertain => "UNCERTAIN",
+            Label::Unscored => "UNSCORED",
+        })
+    }
+}
+
+/// Thresholds on the smoothed fake probability. Entering a decision needs a stronger score than
+/// keeping it, so a score hovering at a threshold does not flicker between verdicts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerdictConfig {
+    /// Frames in the median window.
+    pub window: usize,
+    /// Frames a track needs before it may leave UNCERTAIN.
+    pub min_frames: usize,
+    pub fake_enter: f32,
+    pub fake_exit: f32,
+    pub real_enter: f32,
+    pub real_exit: f32,
+    /// The operating threshold: scores at or above it count as fake (consistency, metrics).
+    pub threshold: f32,
+}
+
+impl Default for VerdictConfig {
+    fn default() -> Self {
+        VerdictConfig { window: 15, min_frames: 3, fake_enter: 0.7, fake_exit: 0.6, real_enter: 0.3, real_exit: 0.4, threshold: 0.5 }
+    }
+}
+
+impl VerdictConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let ordered = self.real_enter <= self.real_exit
+            && self.real_exit <= self.threshold
+            && self.threshold <= self.fake_exit
+            && self.fake_exit <= self.fake_enter;
+        if !ordered {
+            return Err("verdict thresholds must satisfy real_enter <= real_exit <= threshold <= fake_exit <= fake_enter".into());
+        }
+        if self.window == 0 {
+            return Err("verdict window must be at least 1 frame".into());
+        }
+        Ok(())
+    }
+}
+
+/// The decision for one track at one moment.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Verdict {
+    pub label: Label,
+    /// Median of the recent frame probabilities.
+    pub smoothed: Option<f32>,
+    /// 0 at the threshold, 1 at certainty (distance of the smoothed score from the threshold).
+    pub confidence: f32,
+    /// Share of the track's frames on the majority side of the threshold.
+    pub consistency: f32,
+    pub frames: usize,
+}
+
+/// Per-track state of the decision.
+#[derive(Clone, Debug)]
+pub struct TrackVerdict {
+    cfg: VerdictConfig,
+    recent: VecDeque<f32>,
+    label: Label,
+    frames: usize,
+    fake_frames: usize,
+}
+
+impl TrackVerdict {
+    pub fn new(cfg: VerdictConfig) -> Self {
+        TrackVerdict { cfg, recent: VecDeque::new(), label: Label::Uncertain, frames: 0, fake_frames: 0 }
+    }
+
+    /// Add one frame's probability (None: no deepfake model) and return the current verdict.
+    pub fn push(&mut self, probability: Option<f32>) -> Verdict {
+        let Some(p) = probability else {
+            self.frames += 1;
+            return Verdict { label: Label::Unscored, smoothed: None, confidence: 0.0, consistency: 0.0, frames: self.frames };
+        };
+        self.frames += 1;
+        if p >= self.cfg.threshold {
+            self.fake_frames += 1;
+        }
+        self.recent.push_back(p);
+        while self.recent.len() > self.cfg.window {
+            self.recent.pop_front();
+        }
+        let smoothed = median(&self.recent);
+        let c = &self.cfg;
+        self.label = if self.frames < c.min_frames {
+            Label::Uncertain
+        } else {
+            match self.label {
+                Label::Fake if smoothed >= c.fake_exit => Label::Fake,
+                Label::Real if smoothed <= c.real_exit => Label::Real,
+                _ if smoothed >= c.fake_enter => Label::Fake,
+                _ if smoothed <= c.real_enter => Label::Real,
+                _ => Label::Uncertain,
+            }
+        };
+        let margin = if smoothed >= c.threshold { 1.0 - c.threshold } else { c.threshold };
+        let confidence = ((smoothed - c.threshold).abs() / margin.max(f32::EPSILON)).min(1.0);
+        let majority = self.fake_frames.max(self.frames - self.fake_frames);
+        Verdict {
+            label: self.label,
+            smoothed: Some(smoothed),
+            confidence,
+            consistency: majority as f32 / self.frames as f32,
+            frames: self.frames,
+        }
+    }
+}
+
+pub fn median(values: &VecDeque<f32>) -> f32 {
+    let mut v: Vec<f32> = values.iter().copied().collect();
+    v.sort_by(f32::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return f32::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(scores: &[f32]) -> Vec<Label> {
+        let mut t = TrackVerdict::new(VerdictConfig { window: 3, min_frames: 2, ..Default::default() });
+        scores.iter().map(|s| t.push(Some(*s)).label).collect()
+    }
+
+    #[test]
+    fn needs_min_frames_then_decides() {
+        assert_eq!(run(&[0.9, 0.9, 0.9]), vec![Label::Uncertain, Label::Fake, Label::Fake]);
+        assert_eq!(run(&[0.1, 0.1]), vec![Label::Uncertain, Label::Real]);
+    }
+
+    #[test]
+    fn hysteresis_holds_a_decision_between_exit_and_enter() {
+        // Median of 3: 0.9,0.9,0.65 -> 0.9 (FAKE); then 0.65s pull the median to 0.65: above
+        // fake_exit (0.6) so still FAKE, though 0.65 alone would not enter FAKE.
+        let labels = run(&[0.9, 0.9, 0.65, 0.65, 0.65]);
+        assert_eq!(labels[4], Label::Fake);
+        let fresh = run(&[0.65, 0.65, 0.65]);
+        assert_eq!(fresh[2], Label::Uncertain);
+        // Dropping below fake_exit leaves FAKE.
+        let leaving = run(&[0.9, 0.9, 0.9, 0.5, 0.5]);
+        assert_eq!(leaving[4], Label::Uncertain);
+    }
+
+    #[test]
+    fn consistency_and_confidence() {
+        let mut t = TrackVerdict::new(VerdictConfig::default());
+        let mut last = None;
+        for s in [0.9, 0.8, 0.2, 0.95] {
+            last = Some(t.push(Some(s)));
+        }
+        let v = last.unwrap();
+        assert!((v.consistency - 0.75).abs() < 1e-6);
+        assert!((v.smoothed.unwrap() - 0.85).abs() < 1e-6);
+        assert!((v.confidence - 0.7).abs() < 1e-5);
+    }
+
+    #[test]
+    fn no_model_means_no_score() {
+        let mut t = TrackVerdict::new(VerdictConfig::default());
+        let v = t.push(None);
+        assert_eq!(v.label, Label::Unscored);
+        assert!(v.smoothed.is_none());
+    }
+
+    #[test]
+    fn config_validation_rejects_crossed_thresholds() {
+        let bad = VerdictConfig { fake_enter: 0.4, ..Default::default() };
+        assert!(bad.validate().is_err());
+        assert!(VerdictConfig::default().validate().is_ok());
+    }
+}
