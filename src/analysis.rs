@@ -43,7 +43,15 @@ impl CropSpec {
         let region = square_region(&detection.bbox, self.scale);
         let channels = self.colour.channels();
         let mut data = vec![0f32; channels * self.width * self.height];
-        crop_resize_into(frame, region, self.width, self.height, self.colour, self.norm, &mut data);
+        crop_resize_into(
+            frame,
+            region,
+            self.width,
+            self.height,
+            self.colour,
+            self.norm,
+            &mut data,
+        );
         Tensor::new(vec![1, channels, self.height, self.width], data)
     }
 }
@@ -119,15 +127,23 @@ impl Analyzer {
         let deepfake = match manifest.models.get(deepfake_key) {
             Some(spec) => {
                 if spec.outputs.len() < 2 {
-                    bail!("{}: a deepfake model must output (features, fake_logit)", spec.file);
+                    bail!(
+                        "{}: a deepfake model must output (features, fake_logit)",
+                        spec.file
+                    );
                 }
-                Some(DeepfakeModel { model: backend.load(manifest, deepfake_key)?, crop: CropSpec::from_model(spec)? })
+                Some(DeepfakeModel {
+                    model: backend.load(manifest, deepfake_key)?,
+                    crop: CropSpec::from_model(spec)?,
+                })
             }
             None => None,
         };
         let temporal = match (manifest.models.get(TEMPORAL_KEY), &deepfake) {
             (Some(spec), Some(_)) => {
-                let hidden = spec.extra_inputs.first().with_context(|| format!("{}: temporal model needs a hidden-state input", spec.file))?;
+                let hidden = spec.extra_inputs.first().with_context(|| {
+                    format!("{}: temporal model needs a hidden-state input", spec.file)
+                })?;
                 Some(TemporalModel {
                     model: backend.load(manifest, TEMPORAL_KEY)?,
                     feature_shape: spec.input.shape.clone(),
@@ -144,19 +160,31 @@ impl Analyzer {
             }),
             None => None,
         };
-        Ok(Analyzer { deepfake, temporal, emotion })
+        Ok(Analyzer {
+            deepfake,
+            temporal,
+            emotion,
+        })
     }
 
     /// Frame deepfake model: (probability, features).
-    pub fn deepfake_frame(&self, frame: &Frame, det: &Detection) -> Result<Option<(f32, Vec<f32>)>> {
-        let Some(df) = &self.deepfake else { return Ok(None) };
+    pub fn deepfake_frame(
+        &self,
+        frame: &Frame,
+        det: &Detection,
+    ) -> Result<Option<(f32, Vec<f32>)>> {
+        let Some(df) = &self.deepfake else {
+            return Ok(None);
+        };
         let out = df.model.run(&[df.crop.tensor(frame, det)])?;
         let features = out[0].data.clone();
         Ok(Some((sigmoid(out[1].data[0]), features)))
     }
 
     pub fn emotion(&self, frame: &Frame, det: &Detection) -> Result<Option<EmotionScore>> {
-        let Some(em) = &self.emotion else { return Ok(None) };
+        let Some(em) = &self.emotion else {
+            return Ok(None);
+        };
         let out = em.model.run(&[em.crop.tensor(frame, det)])?;
         let probabilities = out[0].data.clone();
         let (index, confidence) = probabilities
@@ -165,7 +193,16 @@ impl Analyzer {
             .enumerate()
             .max_by(|a, b| a.1.total_cmp(&b.1))
             .context("emotion model returned no classes")?;
-        let label = em.classes.get(index).cloned().unwrap_or_else(|| format!("class{index}"));
-        Ok(Some(EmotionScore { label, index, confidence, probabilities }))
+        let label = em
+            .classes
+            .get(index)
+            .cloned()
+            .unwrap_or_else(|| format!("class{index}"));
+        Ok(Some(EmotionScore {
+            label,
+            index,
+            confidence,
+            probabilities,
+        }))
     }
 }

@@ -56,7 +56,10 @@ pub fn anchors(spec: &DetectorSpec) -> Vec<(f64, f64)> {
     let mut layer = 0;
     while layer < spec.strides.len() {
         let stride = spec.strides[layer];
-        let same = spec.strides[layer..].iter().take_while(|s| **s == stride).count();
+        let same = spec.strides[layer..]
+            .iter()
+            .take_while(|s| **s == stride)
+            .count();
         let per_cell = same * spec.anchors_per_layer;
         let fm = spec.size.div_ceil(stride);
         for y in 0..fm {
@@ -72,7 +75,12 @@ pub fn anchors(spec: &DetectorSpec) -> Vec<(f64, f64)> {
 }
 
 /// Decode raw BlazeFace outputs into detections normalised to the detector input.
-pub fn decode(regressors: &[f32], scores: &[f32], anchors: &[(f64, f64)], spec: &DetectorSpec) -> Vec<Detection> {
+pub fn decode(
+    regressors: &[f32],
+    scores: &[f32],
+    anchors: &[(f64, f64)],
+    spec: &DetectorSpec,
+) -> Vec<Detection> {
     let size = spec.size as f64;
     let mut cand: Vec<Detection> = Vec::new();
     for (i, (&logit, &(ax, ay))) in scores.iter().zip(anchors).enumerate() {
@@ -87,10 +95,22 @@ pub fn decode(regressors: &[f32], scores: &[f32], anchors: &[(f64, f64)], spec: 
         let h = r[3] as f64 / size;
         let mut keypoints = [(0.0, 0.0); 6];
         for (k, kp) in keypoints.iter_mut().enumerate() {
-            *kp = (r[4 + 2 * k] as f64 / size + ax, r[5 + 2 * k] as f64 / size + ay);
+            *kp = (
+                r[4 + 2 * k] as f64 / size + ax,
+                r[5 + 2 * k] as f64 / size + ay,
+            );
         }
-        let bbox = BoxF { xmin: cx - w / 2.0, ymin: cy - h / 2.0, xmax: cx + w / 2.0, ymax: cy + h / 2.0 };
-        cand.push(Detection { score: prob, bbox, keypoints });
+        let bbox = BoxF {
+            xmin: cx - w / 2.0,
+            ymin: cy - h / 2.0,
+            xmax: cx + w / 2.0,
+            ymax: cy + h / 2.0,
+        };
+        cand.push(Detection {
+            score: prob,
+            bbox,
+            keypoints,
+        });
     }
     weighted_nms(cand, spec.nms_iou as f64)
 }
@@ -101,11 +121,18 @@ fn weighted_nms(mut cand: Vec<Detection>, iou_threshold: f64) -> Vec<Detection> 
     cand.sort_by(|a, b| b.score.total_cmp(&a.score));
     let mut faces = Vec::new();
     while let Some(best) = cand.first().cloned() {
-        let (group, rest): (Vec<_>, Vec<_>) = cand.into_iter().partition(|c| best.bbox.iou(&c.bbox) > iou_threshold);
+        let (group, rest): (Vec<_>, Vec<_>) = cand
+            .into_iter()
+            .partition(|c| best.bbox.iou(&c.bbox) > iou_threshold);
         let total: f64 = group.iter().map(|c| c.score).sum();
         let mut merged = Detection {
             score: best.score,
-            bbox: BoxF { xmin: 0.0, ymin: 0.0, xmax: 0.0, ymax: 0.0 },
+            bbox: BoxF {
+                xmin: 0.0,
+                ymin: 0.0,
+                xmax: 0.0,
+                ymax: 0.0,
+            },
             keypoints: [(0.0, 0.0); 6],
         };
         for c in &group {
@@ -138,9 +165,18 @@ impl FaceDetector {
         let anchors = anchors(&spec);
         let (h, w) = model_spec.image_size()?;
         if h != spec.size || w != spec.size {
-            bail!("{}: detector input {w}x{h} does not match anchor size {}", model_spec.file, spec.size);
+            bail!(
+                "{}: detector input {w}x{h} does not match anchor size {}",
+                model_spec.file,
+                spec.size
+            );
         }
-        Ok(FaceDetector { model, spec, anchors, norm: model_spec.normalise() })
+        Ok(FaceDetector {
+            model,
+            spec,
+            anchors,
+            norm: model_spec.normalise(),
+        })
     }
 
     /// The letterboxed, normalised input tensor for a frame.
@@ -156,13 +192,21 @@ impl FaceDetector {
     pub fn detect(&self, frame: &Frame) -> Result<Vec<Detection>> {
         let (input, lb) = self.input(frame);
         let out = self.model.run(&[input])?;
-        if out.len() < 2 || out[0].data.len() != self.anchors.len() * 16 || out[1].data.len() != self.anchors.len() {
-            bail!("face detector outputs do not match {} anchors", self.anchors.len());
+        if out.len() < 2
+            || out[0].data.len() != self.anchors.len() * 16
+            || out[1].data.len() != self.anchors.len()
+        {
+            bail!(
+                "face detector outputs do not match {} anchors",
+                self.anchors.len()
+            );
         }
-        Ok(decode(&out[0].data, &out[1].data, &self.anchors, &self.spec)
-            .into_iter()
-            .map(|d| to_frame(&d, &lb))
-            .collect())
+        Ok(
+            decode(&out[0].data, &out[1].data, &self.anchors, &self.spec)
+                .into_iter()
+                .map(|d| to_frame(&d, &lb))
+                .collect(),
+        )
     }
 }
 
@@ -174,7 +218,16 @@ pub fn to_frame(d: &Detection, lb: &Letterbox) -> Detection {
     for k in keypoints.iter_mut() {
         *k = lb.to_frame(k.0, k.1);
     }
-    Detection { score: d.score, bbox: BoxF { xmin, ymin, xmax, ymax }, keypoints }
+    Detection {
+        score: d.score,
+        bbox: BoxF {
+            xmin,
+            ymin,
+            xmax,
+            ymax,
+        },
+        keypoints,
+    }
 }
 
 /// Square crop region centred on the box; side = longer box side x `scale`.
@@ -210,7 +263,12 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn new(min_iou: f64, max_missed_frames: u64) -> Self {
-        Tracker { tracks: Vec::new(), next_id: 1, min_iou, max_missed_frames }
+        Tracker {
+            tracks: Vec::new(),
+            next_id: 1,
+            min_iou,
+            max_missed_frames,
+        }
     }
 
     /// Assign track ids to this frame's detections; returns (track id, detection) pairs.
@@ -242,13 +300,23 @@ impl Tracker {
             if slot.is_none() {
                 let id = self.next_id;
                 self.next_id += 1;
-                self.tracks.push(Track { id, detection: detections[d].clone(), last_seen: frame_no, hits: 1 });
+                self.tracks.push(Track {
+                    id,
+                    detection: detections[d].clone(),
+                    last_seen: frame_no,
+                    hits: 1,
+                });
                 *slot = Some(id);
             }
         }
         let max_missed = self.max_missed_frames;
-        self.tracks.retain(|t| frame_no.saturating_sub(t.last_seen) <= max_missed);
-        assigned.into_iter().flatten().zip(detections.iter().cloned()).collect()
+        self.tracks
+            .retain(|t| frame_no.saturating_sub(t.last_seen) <= max_missed);
+        assigned
+            .into_iter()
+            .flatten()
+            .zip(detections.iter().cloned())
+            .collect()
     }
 
     /// Ids of tracks dropped since they were last seen more than the allowed gap ago.
@@ -262,13 +330,34 @@ mod tests {
     use super::*;
 
     fn det(x: f64, y: f64, s: f64, score: f64) -> Detection {
-        Detection { score, bbox: BoxF { xmin: x, ymin: y, xmax: x + s, ymax: y + s }, keypoints: [(0.0, 0.0); 6] }
+        Detection {
+            score,
+            bbox: BoxF {
+                xmin: x,
+                ymin: y,
+                xmax: x + s,
+                ymax: y + s,
+            },
+            keypoints: [(0.0, 0.0); 6],
+        }
     }
 
     #[test]
     fn anchor_counts_match_blazeface() {
-        let short = DetectorSpec { size: 128, strides: vec![8, 16, 16, 16], anchors_per_layer: 2, score_threshold: 0.5, nms_iou: 0.3 };
-        let full = DetectorSpec { size: 192, strides: vec![4], anchors_per_layer: 1, score_threshold: 0.5, nms_iou: 0.3 };
+        let short = DetectorSpec {
+            size: 128,
+            strides: vec![8, 16, 16, 16],
+            anchors_per_layer: 2,
+            score_threshold: 0.5,
+            nms_iou: 0.3,
+        };
+        let full = DetectorSpec {
+            size: 192,
+            strides: vec![4],
+            anchors_per_layer: 1,
+            score_threshold: 0.5,
+            nms_iou: 0.3,
+        };
         assert_eq!(anchors(&short).len(), 896);
         assert_eq!(anchors(&full).len(), 2304);
         assert_eq!(anchors(&short)[0], (1.0 / 32.0, 1.0 / 32.0));
@@ -276,7 +365,14 @@ mod tests {
 
     #[test]
     fn weighted_nms_merges_overlaps_and_keeps_separate_faces() {
-        let faces = weighted_nms(vec![det(0.0, 0.0, 10.0, 0.9), det(1.0, 0.0, 10.0, 0.6), det(50.0, 50.0, 10.0, 0.7)], 0.3);
+        let faces = weighted_nms(
+            vec![
+                det(0.0, 0.0, 10.0, 0.9),
+                det(1.0, 0.0, 10.0, 0.6),
+                det(50.0, 50.0, 10.0, 0.7),
+            ],
+            0.3,
+        );
         assert_eq!(faces.len(), 2);
         assert_eq!(faces[0].score, 0.9);
         let expected_x = (0.9 * 0.0 + 0.6 * 1.0) / 1.5;
@@ -301,7 +397,23 @@ mod tests {
 
     #[test]
     fn square_region_is_centred_and_scaled() {
-        let r = square_region(&BoxF { xmin: 10.0, ymin: 20.0, xmax: 30.0, ymax: 60.0 }, 1.5);
-        assert_eq!(r, Region { x0: -10, y0: 10, width: 60, height: 60 });
+        let r = square_region(
+            &BoxF {
+                xmin: 10.0,
+                ymin: 20.0,
+                xmax: 30.0,
+                ymax: 60.0,
+            },
+            1.5,
+        );
+        assert_eq!(
+            r,
+            Region {
+                x0: -10,
+                y0: 10,
+                width: 60,
+                height: 60
+            }
+        );
     }
 }

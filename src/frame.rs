@@ -14,7 +14,11 @@ pub struct Frame {
 
 impl Frame {
     pub fn new(width: usize, height: usize, rgb: Vec<u8>) -> Self {
-        assert_eq!(rgb.len(), width * height * 3, "frame buffer does not match its size");
+        assert_eq!(
+            rgb.len(),
+            width * height * 3,
+            "frame buffer does not match its size"
+        );
         Frame { width, height, rgb }
     }
 }
@@ -82,7 +86,11 @@ fn axis_taps(in_size: usize, out_size: usize) -> AxisTaps {
         }
         first.push(lo);
     }
-    AxisTaps { first, taps, weights }
+    AxisTaps {
+        first,
+        taps,
+        weights,
+    }
 }
 
 /// Crop `region` out of `frame` (zeros outside), resize it to `out_w` x `out_h`, and write it
@@ -184,7 +192,14 @@ impl Letterbox {
         let scale = size as f64 / width.max(height) as f64;
         let new_w = ((width as f64 * scale + 0.5).floor() as usize).max(1);
         let new_h = ((height as f64 * scale + 0.5).floor() as usize).max(1);
-        Letterbox { scale, new_w, new_h, off_x: (size - new_w) / 2, off_y: (size - new_h) / 2, size }
+        Letterbox {
+            scale,
+            new_w,
+            new_h,
+            off_x: (size - new_w) / 2,
+            off_y: (size - new_h) / 2,
+            size,
+        }
     }
 
     /// Map a point normalised to the detector input back to frame pixels.
@@ -201,8 +216,21 @@ pub fn letterbox_into(frame: &Frame, lb: &Letterbox, norm: Normalise, out: &mut 
     let size = lb.size;
     assert_eq!(out.len(), 3 * size * size);
     let mut resized = vec![0f32; 3 * lb.new_w * lb.new_h];
-    let whole = Region { x0: 0, y0: 0, width: frame.width, height: frame.height };
-    crop_resize_into(frame, whole, lb.new_w, lb.new_h, Colour::Rgb, norm, &mut resized);
+    let whole = Region {
+        x0: 0,
+        y0: 0,
+        width: frame.width,
+        height: frame.height,
+    };
+    crop_resize_into(
+        frame,
+        whole,
+        lb.new_w,
+        lb.new_h,
+        Colour::Rgb,
+        norm,
+        &mut resized,
+    );
     out.fill((0.0 - norm.mean) / norm.std);
     for c in 0..3 {
         for y in 0..lb.new_h {
@@ -217,7 +245,10 @@ pub fn letterbox_into(frame: &Frame, lb: &Letterbox, norm: Normalise, out: &mut 
 mod tests {
     use super::*;
 
-    const IDENTITY: Normalise = Normalise { mean: 0.0, std: 1.0 };
+    const IDENTITY: Normalise = Normalise {
+        mean: 0.0,
+        std: 1.0,
+    };
 
     #[test]
     fn taps_sum_to_one_and_cover_the_input() {
@@ -234,10 +265,20 @@ mod tests {
     fn constant_image_stays_constant_and_outside_is_black() {
         let frame = Frame::new(8, 6, vec![200; 8 * 6 * 3]);
         let mut out = vec![0f32; 3 * 4 * 4];
-        let inside = Region { x0: 1, y0: 1, width: 4, height: 4 };
+        let inside = Region {
+            x0: 1,
+            y0: 1,
+            width: 4,
+            height: 4,
+        };
         crop_resize_into(&frame, inside, 4, 4, Colour::Rgb, IDENTITY, &mut out);
         assert!(out.iter().all(|v| (v - 200.0).abs() < 1e-3));
-        let outside = Region { x0: 100, y0: 100, width: 4, height: 4 };
+        let outside = Region {
+            x0: 100,
+            y0: 100,
+            width: 4,
+            height: 4,
+        };
         crop_resize_into(&frame, outside, 4, 4, Colour::Rgb, IDENTITY, &mut out);
         assert!(out.iter().all(|v| *v == 0.0));
     }

@@ -5,6 +5,7 @@
 //! (temporal smoothing, decision) and [`sinks`] (report, plots); [`pipeline`] wires them.
 
 pub mod analysis;
+pub mod bench;
 pub mod face;
 pub mod frame;
 pub mod infer;

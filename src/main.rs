@@ -1,1 +1,362 @@
-fn main() {}
+//! The veriface command line. Everything else lives in the library.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use veriface::pipeline::{Engine, EngineConfig, FrameResult};
+use veriface::sinks::{plot, report};
+use veriface::source::{self, MediaKind};
+use veriface::verdict::VerdictConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "veriface",
+    version,
+    about = "Live person or deepfake, and which emotion, face by face — on edge boards"
+)]
+struct Cli {
+    /// Model manifest (default: $VERIFACE_MODELS/manifest.toml, ./models, or the installed models)
+    #[arg(long, global = true, value_name = "FILE")]
+    models: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Range {
+    /// BlazeFace short range: faces within about 2 m (kiosks)
+    Short,
+    /// BlazeFace full range: faces up to about 5 m (field devices)
+    Full,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Analyse images, videos, or every image and video under a folder
+    Analyze(AnalyzeArgs),
+    /// Check the model manifest: every file present, sha256 matching, loadable by tract
+    Models,
+    /// Per-stage latency and end-to-end frames per second on a clip (single thread)
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct AnalyzeArgs {
+    /// Image (jpg, png, webp, bmp), video (mp4, mov, mkv, avi, webm, mjpeg, y4m) or folder
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Write the full results as JSON
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Write PNG plots (deepfake probability over time, emotion timeline) per file into DIR
+    #[arg(long, value_name = "DIR")]
+    plots: Option<PathBuf>,
+    /// Analyse every Nth frame of a video
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    every: u64,
+    /// Stop after this many analysed frames per video
+    #[arg(long)]
+    max_frames: Option<u64>,
+    /// Face detector range
+    #[arg(long, value_enum, default_value_t = Range::Short)]
+    detector: Range,
+    /// Operating threshold on the fake probability
+    #[arg(long, default_value_t = 0.5)]
+    threshold: f32,
+    /// Print only the verdict blocks, not a line per frame
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Clip to run end to end (default: the bundled sample clip)
+    #[arg(long, default_value = "samples/astronaut_zoom.mp4")]
+    clip: PathBuf,
+    /// Repetitions per stage
+    #[arg(long, default_value_t = 20)]
+    iterations: u32,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Analyze(args) => analyze(&cli, args),
+        Command::Models => models(&cli),
+        Command::Bench(args) => veriface::bench::run(
+            engine_config(&cli, Range::Short, 0.5),
+            &args.clip,
+            args.iterations,
+            args.json,
+        ),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn engine_config(cli: &Cli, range: Range, threshold: f32) -> EngineConfig {
+    let mut cfg = EngineConfig::default();
+    if let Some(m) = &cli.models {
+        cfg.manifest = m.clone();
+    }
+    cfg.detector = match range {
+        Range::Short => "face_short",
+        Range::Full => "face_full",
+    }
+    .into();
+    cfg.verdict.threshold = threshold;
+    cfg
+}
+
+fn models(cli: &Cli) -> Result<ExitCode> {
+    let cfg = engine_config(cli, Range::Short, 0.5);
+    let manifest = veriface::manifest::Manifest::load(&cfg.manifest)?;
+    let backend = veriface::infer::tract::TractBackend;
+    let mut failed = false;
+    for (key, spec) in &manifest.models {
+        match veriface::infer::Backend::load(&backend, &manifest, key) {
+            Ok(_) => println!(
+                "ok    {key:26} {:44} {} ({})",
+                spec.file, spec.licence, spec.task
+            ),
+            Err(e) => {
+                failed = true;
+                println!("FAIL  {key:26} {e:#}");
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+struct Progress {
+    enabled: bool,
+    total: Option<u64>,
+}
+
+impl Progress {
+    fn tick(&self, done: u64) {
+        if !self.enabled {
+            return;
+        }
+        let mut err = std::io::stderr();
+        match self.total {
+            Some(t) if t > 0 => {
+                let filled = ((done.min(t) * 30) / t) as usize;
+                let _ = write!(
+                    err,
+                    "\r[{}{}] {done}/{t}",
+                    "#".repeat(filled),
+                    " ".repeat(30 - filled)
+                );
+            }
+            _ => {
+                let _ = write!(err, "\r{done} frames");
+            }
+        }
+        let _ = err.flush();
+    }
+    fn clear(&self) {
+        if self.enabled {
+            let _ = write!(std::io::stderr(), "\r{}\r", " ".repeat(50));
+        }
+    }
+}
+
+fn analyze(cli: &Cli, args: &AnalyzeArgs) -> Result<ExitCode> {
+    let verdict = VerdictConfig {
+        threshold: args.threshold,
+        ..VerdictConfig::default()
+    };
+    verdict
+        .validate()
+        .map_err(|e| anyhow::anyhow!("--threshold {}: {e}", args.threshold))?;
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    for input in &args.inputs {
+        match source::collect_media(input) {
+            Ok(found) => files.extend(found),
+            Err(e) => errors.push(report::FileError {
+                file: input.display().to_string(),
+                error: format!("{e:#}"),
+            }),
+        }
+    }
+    for e in &errors {
+        eprintln!("error: {}", e.error);
+    }
+    if let Some(dir) = &args.plots {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create plot folder", dir.display()))?;
+    }
+    let engine = Engine::load(engine_config(cli, args.detector, args.threshold))?;
+    let mut json_files = Vec::new();
+    let stdout = std::io::stdout();
+    for file in &files {
+        match analyze_file(&engine, file, args) {
+            Ok((summary, frames, (w, h), kind)) => {
+                let mut out = stdout.lock();
+                if !args.quiet {
+                    for f in &frames {
+                        for line in report::frame_lines(f) {
+                            writeln!(out, "{line}")?;
+                        }
+                    }
+                }
+                writeln!(out, "== {}", file.display())?;
+                write!(out, "{}", report::summary_block(&summary))?;
+                writeln!(out)?;
+                if let Some(dir) = &args.plots {
+                    let stem = plot_stem(file);
+                    let title = file
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    plot::deepfake_plot(
+                        &frames,
+                        args.threshold,
+                        &title,
+                        &dir.join(format!("{stem}_deepfake.png")),
+                    )?;
+                    let classes = engine
+                        .analyzer
+                        .emotion
+                        .as_ref()
+                        .map(|e| e.classes.clone())
+                        .unwrap_or_default();
+                    plot::emotion_plot(
+                        &frames,
+                        &classes,
+                        summary.main_track,
+                        &title,
+                        &dir.join(format!("{stem}_emotion.png")),
+                    )?;
+                }
+                if args.json.is_some() {
+                    let fr = report::FileReport {
+                        file: file.display().to_string(),
+                        kind: if kind == MediaKind::Video {
+                            "video"
+                        } else {
+                            "image"
+                        },
+                        width: w,
+                        height: h,
+                        summary: &summary,
+                        frames: &frames,
+                    };
+                    json_files.push(serde_json::to_value(&fr)?);
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                errors.push(report::FileError {
+                    file: file.display().to_string(),
+                    error: format!("{e:#}"),
+                });
+            }
+        }
+    }
+    if let Some(path) = &args.json {
+        let run = report::RunReport {
+            version: env!("CARGO_PKG_VERSION"),
+            backend: engine.backend,
+            detector: &engine.config.detector,
+            models: engine
+                .manifest
+                .models
+                .iter()
+                .map(|(k, m)| report::ModelId {
+                    key: k,
+                    file: &m.file,
+                    sha256: &m.sha256,
+                })
+                .collect(),
+            files: json_files,
+            errors,
+        };
+        let text = serde_json::to_string_pretty(&run)?;
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("{}: cannot write JSON", path.display()))?;
+        if !run.errors.is_empty() {
+            return Ok(ExitCode::FAILURE);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    Ok(if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn plot_stem(file: &Path) -> String {
+    file.to_string_lossy()
+        .trim_start_matches("./")
+        .replace(['/', '\\'], "_")
+        .replace('.', "_")
+}
+
+type FileResult = (
+    veriface::pipeline::Summary,
+    Vec<FrameResult>,
+    (usize, usize),
+    MediaKind,
+);
+
+fn analyze_file(engine: &Engine, file: &Path, args: &AnalyzeArgs) -> Result<FileResult> {
+    let kind = source::media_kind(file).context("unsupported file type")?;
+    let mut src = source::open(file)?;
+    let mut stream = engine.stream();
+    let progress = Progress {
+        enabled: kind == MediaKind::Video && std::io::stderr().is_terminal(),
+        total: src.frame_count().map(|t| t.div_ceil(args.every)),
+    };
+    let mut frames = Vec::new();
+    let mut size = (0, 0);
+    let mut analysed = 0u64;
+    let outcome: Result<()> = (|| {
+        while let Some(tf) = src.next_frame()? {
+            size = (tf.frame.width, tf.frame.height);
+            if tf.index % args.every != 0 {
+                continue;
+            }
+            frames.push(stream.process(&tf)?);
+            analysed += 1;
+            progress.tick(analysed);
+            if args.max_frames.is_some_and(|m| analysed >= m) {
+                break;
+            }
+        }
+        Ok(())
+    })();
+    progress.clear();
+    if let Err(e) = outcome {
+        // Frames decoded before the damage are still reported; the file still counts as failed.
+        if !args.quiet {
+            for f in &frames {
+                for line in report::frame_lines(f) {
+                    println!("{line}");
+                }
+            }
+        }
+        return Err(e);
+    }
+    Ok((stream.summary(), frames, size, kind))
+}

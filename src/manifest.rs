@@ -80,15 +80,25 @@ impl ModelSpec {
     }
 
     pub fn normalise(&self) -> Normalise {
-        let n = self.normalise.unwrap_or(NormaliseSpec { mean: 0.0, std: 1.0 });
-        Normalise { mean: n.mean, std: n.std }
+        let n = self.normalise.unwrap_or(NormaliseSpec {
+            mean: 0.0,
+            std: 1.0,
+        });
+        Normalise {
+            mean: n.mean,
+            std: n.std,
+        }
     }
 
     /// (height, width) of an NCHW image input.
     pub fn image_size(&self) -> Result<(usize, usize)> {
         match self.input.shape.as_slice() {
             [1, _, h, w] if self.input.layout == "NCHW" => Ok((*h, *w)),
-            _ => bail!("model {}: expected an NCHW image input, manifest says {:?}", self.file, self.input.shape),
+            _ => bail!(
+                "model {}: expected an NCHW image input, manifest says {:?}",
+                self.file,
+                self.input.shape
+            ),
         }
     }
 }
@@ -96,11 +106,17 @@ impl ModelSpec {
 impl Manifest {
     /// Read and check a manifest. Errors name the file and the cause.
     pub fn load(path: &Path) -> Result<Manifest> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read model manifest", path.display()))?;
-        let mut m: Manifest =
-            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: invalid manifest: {}", path.display(), e.message()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read model manifest", path.display()))?;
+        let mut m: Manifest = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!("{}: invalid manifest: {}", path.display(), e.message())
+        })?;
         if m.schema != 1 {
-            bail!("{}: manifest schema {} is not supported (this build reads 1)", path.display(), m.schema);
+            bail!(
+                "{}: manifest schema {} is not supported (this build reads 1)",
+                path.display(),
+                m.schema
+            );
         }
         m.dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Ok(m)
@@ -108,7 +124,11 @@ impl Manifest {
 
     pub fn model(&self, key: &str) -> Result<&ModelSpec> {
         self.models.get(key).with_context(|| {
-            format!("{}: no model {key:?} (has: {})", self.dir.join("manifest.toml").display(), self.keys().join(", "))
+            format!(
+                "{}: no model {key:?} (has: {})",
+                self.dir.join("manifest.toml").display(),
+                self.keys().join(", ")
+            )
         })
     }
 
@@ -124,7 +144,8 @@ impl Manifest {
     pub fn read_verified(&self, key: &str) -> Result<(PathBuf, Vec<u8>)> {
         let spec = self.model(key)?;
         let path = self.path_of(spec);
-        let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read model file", path.display()))?;
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("{}: cannot read model file", path.display()))?;
         let digest = hex(&Sha256::digest(&bytes));
         if !digest.eq_ignore_ascii_case(&spec.sha256) {
             bail!(
@@ -152,5 +173,9 @@ pub fn default_manifest_path() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/manifest.toml"),
         PathBuf::from("/usr/share/veriface/models/manifest.toml"),
     ];
-    candidates.iter().find(|p| p.exists()).cloned().unwrap_or_else(|| candidates[0].clone())
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .unwrap_or_else(|| candidates[0].clone())
 }

@@ -1,1 +1,332 @@
+//! Wires the stages: frames -> faces (detect, track) -> analysis -> verdict, per stream.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::analysis::{Analyzer, EmotionScore, FaceAnalysis, DEEPFAKE_KEY};
+use crate::face::{BoxF, FaceDetector, Tracker};
+use crate::infer::tract::TractBackend;
+use crate::infer::Backend;
+use crate::manifest::Manifest;
+use crate::source::TimedFrame;
+use crate::verdict::{median, Label, TrackVerdict, Verdict, VerdictConfig};
+
+/// What to load and how to decide.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub manifest: PathBuf,
+    /// Manifest key of the face detector: `face_short` (kiosks) or `face_full` (field devices).
+    pub detector: String,
+    /// Manifest key of the frame deepfake model.
+    pub deepfake: String,
+    pub verdict: VerdictConfig,
+    /// Tracker: minimum IoU to continue a track, frames a track may go unseen.
+    pub track_iou: f64,
+    pub track_max_missed: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            manifest: crate::manifest::default_manifest_path(),
+            detector: "face_short".into(),
+            deepfake: DEEPFAKE_KEY.into(),
+            verdict: VerdictConfig::default(),
+            track_iou: 0.3,
+            track_max_missed: 10,
+        }
+    }
+}
+
+/// Loaded models, shared by every stream.
+pub struct Engine {
+    pub manifest: Manifest,
+    pub detector: FaceDetector,
+    pub analyzer: Analyzer,
+    pub config: EngineConfig,
+    pub backend: &'static str,
+}
+
+impl Engine {
+    pub fn load(config: EngineConfig) -> Result<Engine> {
+        let manifest = Manifest::load(&config.manifest)?;
+        let backend = TractBackend;
+        let det_spec = manifest
+            .detector
+            .get(&config.detector)
+            .with_context(|| {
+                format!(
+                    "{}: no detector {:?} (try face_short or face_full)",
+                    config.manifest.display(),
+                    config.detector
+                )
+            })?
+            .clone();
+        let detector = FaceDetector::new(
+            backend.load(&manifest, &config.detector)?,
+            det_spec,
+            manifest.model(&config.detector)?,
+        )?;
+        let analyzer = Analyzer::load(&backend, &manifest, &config.deepfake)?;
+        config.verdict.validate().map_err(|e| anyhow::anyhow!(e))?;
+        Ok(Engine {
+            manifest,
+            detector,
+            analyzer,
+            config,
+            backend: backend.name(),
+        })
+    }
+
+    pub fn stream(&self) -> Stream<'_> {
+        self.stream_with(self.config.verdict.clone())
+    }
+
+    pub fn stream_with(&self, verdict: VerdictConfig) -> Stream<'_> {
+        Stream {
+            engine: self,
+            tracker: Tracker::new(self.config.track_iou, self.config.track_max_missed),
+            tracks: BTreeMap::new(),
+            verdict,
+            frames: 0,
+            frames_with_faces: 0,
+            timings: StageTimings::default(),
+        }
+    }
+}
+
+/// Time spent per stage, summed over a stream.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StageTimings {
+    pub detect: Duration,
+    pub deepfake: Duration,
+    pub temporal: Duration,
+    pub emotion: Duration,
+}
+
+struct TrackState {
+    verdict: TrackVerdict,
+    hidden: Option<Vec<f32>>,
+    last: Option<Verdict>,
+    temporal: Option<f32>,
+    probabilities: Vec<f32>,
+    emotions: Vec<usize>,
+    frames: usize,
+}
+
+/// One face in one frame, fully analysed.
+#[derive(Clone, Debug, Serialize)]
+pub struct FaceResult {
+    pub track: u32,
+    pub score: f64,
+    pub bbox: BoxF,
+    #[serde(flatten)]
+    pub analysis: FaceAnalysis,
+    pub verdict: Verdict,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FrameResult {
+    pub index: u64,
+    pub seconds: f64,
+    pub faces: Vec<FaceResult>,
+}
+
+/// The answer for a whole file or stream.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub label: Label,
+    /// Video-level fake probability: the temporal model's output where there is one, else the
+    /// median of the main track's frame probabilities.
+    pub score: Option<f32>,
+    pub score_source: &'static str,
+    pub frame_mean: Option<f32>,
+    pub confidence: f32,
+    pub consistency: f32,
+    pub frames: u64,
+    pub frames_with_faces: u64,
+    pub tracks: usize,
+    pub main_track: Option<u32>,
+    /// Share of the main track's frames per emotion, largest first.
+    pub emotions: Vec<(String, f32)>,
+}
+
+/// Per-stream state: tracker, hidden states, verdicts.
+pub struct Stream<'a> {
+    engine: &'a Engine,
+    tracker: Tracker,
+    tracks: BTreeMap<u32, TrackState>,
+    verdict: VerdictConfig,
+    frames: u64,
+    frames_with_faces: u64,
+    pub timings: StageTimings,
+}
+
+impl Stream<'_> {
+    pub fn process(&mut self, tf: &TimedFrame) -> Result<FrameResult> {
+        let engine = self.engine;
+        let t = Instant::now();
+        let detections = engine.detector.detect(&tf.frame)?;
+        self.timings.detect += t.elapsed();
+        let tracked = self.tracker.update(tf.index, &detections);
+        self.frames += 1;
+        if !tracked.is_empty() {
+            self.frames_with_faces += 1;
+        }
+        let mut faces = Vec::with_capacity(tracked.len());
+        for (id, det) in tracked {
+            let verdict_cfg = self.verdict.clone();
+            let temporal_model = engine.analyzer.temporal.as_ref();
+            let state = self.tracks.entry(id).or_insert_with(|| TrackState {
+                verdict: TrackVerdict::new(verdict_cfg),
+                hidden: temporal_model.map(|m| m.initial_state()),
+                last: None,
+                temporal: None,
+                probabilities: Vec::new(),
+                emotions: Vec::new(),
+                frames: 0,
+            });
+            let t = Instant::now();
+            let frame_score = engine.analyzer.deepfake_frame(&tf.frame, &det)?;
+            self.timings.deepfake += t.elapsed();
+            let mut temporal = None;
+            if let (Some((_, features)), Some(model), Some(hidden)) =
+                (&frame_score, temporal_model, state.hidden.as_mut())
+            {
+                let t = Instant::now();
+                temporal = Some(model.step(features, hidden)?);
+                self.timings.temporal += t.elapsed();
+            }
+            let t = Instant::now();
+            let emotion: Option<EmotionScore> = engine.analyzer.emotion(&tf.frame, &det)?;
+            self.timings.emotion += t.elapsed();
+            let probability = frame_score.as_ref().map(|f| f.0);
+            let verdict = state.verdict.push(probability);
+            state.frames += 1;
+            if let Some(p) = probability {
+                state.probabilities.push(p);
+            }
+            if let Some(e) = &emotion {
+                state.emotions.push(e.index);
+            }
+            if temporal.is_some() {
+                state.temporal = temporal;
+            }
+            state.last = Some(verdict.clone());
+            faces.push(FaceResult {
+                track: id,
+                score: det.score,
+                bbox: det.bbox,
+                analysis: FaceAnalysis {
+                    deepfake: probability,
+                    temporal,
+                    emotion,
+                },
+                verdict,
+            });
+        }
+        Ok(FrameResult {
+            index: tf.index,
+            seconds: tf.seconds,
+            faces,
+        })
+    }
+
+    pub fn summary(&self) -> Summary {
+        let classes: &[String] = self
+            .engine
+            .analyzer
+            .emotion
+            .as_ref()
+            .map(|e| e.classes.as_slice())
+            .unwrap_or(&[]);
+        let main = self
+            .tracks
+            .iter()
+            .max_by_key(|(id, s)| (s.frames, std::cmp::Reverse(**id)));
+        let Some((&main_id, state)) = main else {
+            return Summary {
+                label: Label::NoFace,
+                score: None,
+                score_source: "none",
+                frame_mean: None,
+                confidence: 0.0,
+                consistency: 0.0,
+                frames: self.frames,
+                frames_with_faces: 0,
+                tracks: 0,
+                main_track: None,
+                emotions: Vec::new(),
+            };
+        };
+        let mut counts = vec![0usize; classes.len()];
+        for &e in &state.emotions {
+            if e < counts.len() {
+                counts[e] += 1;
+            }
+        }
+        let mut emotions: Vec<(String, f32)> = classes
+            .iter()
+            .zip(&counts)
+            .filter(|(_, c)| **c > 0)
+            .map(|(n, c)| (n.clone(), *c as f32 / state.emotions.len().max(1) as f32))
+            .collect();
+        emotions.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let cfg = &self.verdict;
+        let frame_mean = (!state.probabilities.is_empty())
+            .then(|| state.probabilities.iter().sum::<f32>() / state.probabilities.len() as f32);
+        let (score, source) = match (state.temporal, state.probabilities.is_empty()) {
+            (Some(t), _) => (Some(t), "temporal model"),
+            (None, false) => (
+                Some(median(&state.probabilities.iter().copied().collect())),
+                "median of frames",
+            ),
+            (None, true) => (None, "none"),
+        };
+        let (label, confidence) = match score {
+            None => (Label::Unscored, 0.0),
+            Some(s) => {
+                let label = if s >= cfg.fake_enter {
+                    Label::Fake
+                } else if s <= cfg.real_enter {
+                    Label::Real
+                } else {
+                    Label::Uncertain
+                };
+                let margin = if s >= cfg.threshold {
+                    1.0 - cfg.threshold
+                } else {
+                    cfg.threshold
+                };
+                (label, ((s - cfg.threshold).abs() / margin).min(1.0))
+            }
+        };
+        let fake = state
+            .probabilities
+            .iter()
+            .filter(|p| **p >= cfg.threshold)
+            .count();
+        let n = state.probabilities.len();
+        Summary {
+            label,
+            score,
+            score_source: source,
+            frame_mean,
+            confidence,
+            consistency: if n > 0 {
+                fake.max(n - fake) as f32 / n as f32
+            } else {
+                0.0
+            },
+            frames: self.frames,
+            frames_with_faces: self.frames_with_faces,
+            tracks: self.tracks.len(),
+            main_track: Some(main_id),
+            emotions,
+        }
+    }
+}

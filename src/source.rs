@@ -14,7 +14,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::frame::Frame;
 
 pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp"];
-pub const VIDEO_EXTENSIONS: &[&str] = &["mp4", "mov", "mkv", "avi", "webm", "m4v", "mjpeg", "mjpg", "y4m"];
+pub const VIDEO_EXTENSIONS: &[&str] = &[
+    "mp4", "mov", "mkv", "avi", "webm", "m4v", "mjpeg", "mjpg", "y4m",
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MediaKind {
@@ -56,7 +58,8 @@ pub fn read_image(path: &Path) -> Result<Frame> {
     if bytes.is_empty() {
         bail!("{}: empty file", path.display());
     }
-    let img = image::load_from_memory(&bytes).map_err(|e| anyhow!("{}: not a readable image: {e}", path.display()))?;
+    let img = image::load_from_memory(&bytes)
+        .map_err(|e| anyhow!("{}: not a readable image: {e}", path.display()))?;
     let rgb = img.to_rgb8();
     let (w, h) = rgb.dimensions();
     Ok(Frame::new(w as usize, h as usize, rgb.into_raw()))
@@ -69,13 +72,19 @@ pub struct ImageSource {
 
 impl ImageSource {
     pub fn open(path: &Path) -> Result<Self> {
-        Ok(ImageSource { frame: Some(read_image(path)?) })
+        Ok(ImageSource {
+            frame: Some(read_image(path)?),
+        })
     }
 }
 
 impl FrameSource for ImageSource {
     fn next_frame(&mut self) -> Result<Option<TimedFrame>> {
-        Ok(self.frame.take().map(|frame| TimedFrame { index: 0, seconds: 0.0, frame }))
+        Ok(self.frame.take().map(|frame| TimedFrame {
+            index: 0,
+            seconds: 0.0,
+            frame,
+        }))
     }
     fn frame_count(&self) -> Option<u64> {
         Some(1)
@@ -100,12 +109,22 @@ fn ffmpeg_missing(program: &str, e: std::io::Error) -> anyhow::Error {
 }
 
 pub fn probe(path: &Path) -> Result<VideoInfo> {
-    let meta = std::fs::metadata(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("{}: cannot read", path.display()))?;
     if meta.len() == 0 {
         bail!("{}: empty file", path.display());
     }
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height,avg_frame_rate,r_frame_rate,nb_frames", "-of", "json"])
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=width,height,avg_frame_rate,r_frame_rate,nb_frames",
+            "-of",
+            "json",
+        ])
         .arg(path)
         .stdin(Stdio::null())
         .output()
@@ -126,11 +145,26 @@ pub fn probe(path: &Path) -> Result<VideoInfo> {
         let s = stream.get(k).and_then(|v| v.as_str()).unwrap_or("0/1");
         let (n, d) = s.split_once('/').unwrap_or((s, "1"));
         let (n, d): (f64, f64) = (n.parse().unwrap_or(0.0), d.parse().unwrap_or(1.0));
-        if d > 0.0 { n / d } else { 0.0 }
+        if d > 0.0 {
+            n / d
+        } else {
+            0.0
+        }
     };
-    let fps = [rate("avg_frame_rate"), rate("r_frame_rate")].into_iter().find(|r| *r > 0.0 && r.is_finite()).unwrap_or(25.0);
-    let frames = stream.get("nb_frames").and_then(|v| v.as_str()).and_then(|s| s.parse().ok());
-    Ok(VideoInfo { width, height, fps, frames })
+    let fps = [rate("avg_frame_rate"), rate("r_frame_rate")]
+        .into_iter()
+        .find(|r| *r > 0.0 && r.is_finite())
+        .unwrap_or(25.0);
+    let frames = stream
+        .get("nb_frames")
+        .and_then(|v| v.as_str())
+        .and_then(|s| s.parse().ok());
+    Ok(VideoInfo {
+        width,
+        height,
+        fps,
+        frames,
+    })
 }
 
 fn last_line(text: &str) -> Option<&str> {
@@ -153,7 +187,17 @@ impl VideoSource {
         let mut child = Command::new("ffmpeg")
             .args(["-v", "error", "-nostdin", "-i"])
             .arg(path)
-            .args(["-map", "0:v:0", "-f", "rawvideo", "-pix_fmt", "rgb24", "-vsync", "passthrough", "-"])
+            .args([
+                "-map",
+                "0:v:0",
+                "-f",
+                "rawvideo",
+                "-pix_fmt",
+                "rgb24",
+                "-vsync",
+                "passthrough",
+                "-",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -166,7 +210,14 @@ impl VideoSource {
             let _ = err.read_to_string(&mut s);
             s
         });
-        Ok(VideoSource { path: path.to_path_buf(), info, child, stderr: Some(stderr), next_index: 0, finished: false })
+        Ok(VideoSource {
+            path: path.to_path_buf(),
+            info,
+            child,
+            stderr: Some(stderr),
+            next_index: 0,
+            finished: false,
+        })
     }
 
     pub fn info(&self) -> &VideoInfo {
@@ -175,8 +226,15 @@ impl VideoSource {
 
     fn finish(&mut self) -> Result<()> {
         self.finished = true;
-        let status = self.child.wait().with_context(|| format!("{}: ffmpeg did not exit", self.path.display()))?;
-        let stderr = self.stderr.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+        let status = self
+            .child
+            .wait()
+            .with_context(|| format!("{}: ffmpeg did not exit", self.path.display()))?;
+        let stderr = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
         if !status.success() || !stderr.trim().is_empty() {
             let cause = last_line(&stderr).unwrap_or("decoder failed");
             bail!(
@@ -206,13 +264,21 @@ impl FrameSource for VideoSource {
                 Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(anyhow!("{}: reading decoded frames: {e}", self.path.display())),
+                Err(e) => {
+                    return Err(anyhow!(
+                        "{}: reading decoded frames: {e}",
+                        self.path.display()
+                    ))
+                }
             }
         }
         if filled < size {
             self.finish()?;
             if filled > 0 {
-                bail!("{}: truncated video: last frame incomplete", self.path.display());
+                bail!(
+                    "{}: truncated video: last frame incomplete",
+                    self.path.display()
+                );
             }
             return Ok(None);
         }
@@ -255,16 +321,20 @@ pub fn open(path: &Path) -> Result<Box<dyn FrameSource>> {
 
 /// Media files under a path: the file itself, or every image/video below a folder, sorted.
 pub fn collect_media(path: &Path) -> Result<Vec<PathBuf>> {
-    let meta = std::fs::metadata(path).with_context(|| format!("{}: no such file or folder", path.display()))?;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("{}: no such file or folder", path.display()))?;
     if meta.is_file() {
         return Ok(vec![path.to_path_buf()]);
     }
     let mut out = Vec::new();
     let mut stack = vec![path.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let entries = std::fs::read_dir(&dir).with_context(|| format!("{}: cannot list folder", dir.display()))?;
+        let entries = std::fs::read_dir(&dir)
+            .with_context(|| format!("{}: cannot list folder", dir.display()))?;
         for entry in entries {
-            let p = entry.with_context(|| format!("{}: cannot list folder", dir.display()))?.path();
+            let p = entry
+                .with_context(|| format!("{}: cannot list folder", dir.display()))?
+                .path();
             if p.is_dir() {
                 stack.push(p);
             } else if media_kind(&p).is_some() {

@@ -13,6 +13,9 @@ pub enum Label {
     Uncertain,
     /// No deepfake model installed: nothing to decide with.
     Unscored,
+    /// No face in view: no verdict at all.
+    #[serde(rename = "NO_FACE")]
+    NoFace,
 }
 
 impl std::fmt::Display for Label {
@@ -22,6 +25,7 @@ impl std::fmt::Display for Label {
             Label::Fake => "FAKE",
             Label::Uncertain => "UNCERTAIN",
             Label::Unscored => "UNSCORED",
+            Label::NoFace => "NO FACE",
         })
     }
 }
@@ -45,7 +49,15 @@ pub struct VerdictConfig {
 
 impl Default for VerdictConfig {
     fn default() -> Self {
-        VerdictConfig { window: 15, min_frames: 3, fake_enter: 0.7, fake_exit: 0.6, real_enter: 0.3, real_exit: 0.4, threshold: 0.5 }
+        VerdictConfig {
+            window: 15,
+            min_frames: 3,
+            fake_enter: 0.7,
+            fake_exit: 0.6,
+            real_enter: 0.3,
+            real_exit: 0.4,
+            threshold: 0.5,
+        }
     }
 }
 
@@ -90,14 +102,26 @@ pub struct TrackVerdict {
 
 impl TrackVerdict {
     pub fn new(cfg: VerdictConfig) -> Self {
-        TrackVerdict { cfg, recent: VecDeque::new(), label: Label::Uncertain, frames: 0, fake_frames: 0 }
+        TrackVerdict {
+            cfg,
+            recent: VecDeque::new(),
+            label: Label::Uncertain,
+            frames: 0,
+            fake_frames: 0,
+        }
     }
 
     /// Add one frame's probability (None: no deepfake model) and return the current verdict.
     pub fn push(&mut self, probability: Option<f32>) -> Verdict {
         let Some(p) = probability else {
             self.frames += 1;
-            return Verdict { label: Label::Unscored, smoothed: None, confidence: 0.0, consistency: 0.0, frames: self.frames };
+            return Verdict {
+                label: Label::Unscored,
+                smoothed: None,
+                confidence: 0.0,
+                consistency: 0.0,
+                frames: self.frames,
+            };
         };
         self.frames += 1;
         if p >= self.cfg.threshold {
@@ -120,7 +144,11 @@ impl TrackVerdict {
                 _ => Label::Uncertain,
             }
         };
-        let margin = if smoothed >= c.threshold { 1.0 - c.threshold } else { c.threshold };
+        let margin = if smoothed >= c.threshold {
+            1.0 - c.threshold
+        } else {
+            c.threshold
+        };
         let confidence = ((smoothed - c.threshold).abs() / margin.max(f32::EPSILON)).min(1.0);
         let majority = self.fake_frames.max(self.frames - self.fake_frames);
         Verdict {
@@ -134,6 +162,7 @@ impl TrackVerdict {
 }
 
 pub fn median(values: &VecDeque<f32>) -> f32 {
+    let values: &VecDeque<f32> = values;
     let mut v: Vec<f32> = values.iter().copied().collect();
     v.sort_by(f32::total_cmp);
     let n = v.len();
@@ -152,13 +181,20 @@ mod tests {
     use super::*;
 
     fn run(scores: &[f32]) -> Vec<Label> {
-        let mut t = TrackVerdict::new(VerdictConfig { window: 3, min_frames: 2, ..Default::default() });
+        let mut t = TrackVerdict::new(VerdictConfig {
+            window: 3,
+            min_frames: 2,
+            ..Default::default()
+        });
         scores.iter().map(|s| t.push(Some(*s)).label).collect()
     }
 
     #[test]
     fn needs_min_frames_then_decides() {
-        assert_eq!(run(&[0.9, 0.9, 0.9]), vec![Label::Uncertain, Label::Fake, Label::Fake]);
+        assert_eq!(
+            run(&[0.9, 0.9, 0.9]),
+            vec![Label::Uncertain, Label::Fake, Label::Fake]
+        );
         assert_eq!(run(&[0.1, 0.1]), vec![Label::Uncertain, Label::Real]);
     }
 
@@ -198,7 +234,10 @@ mod tests {
 
     #[test]
     fn config_validation_rejects_crossed_thresholds() {
-        let bad = VerdictConfig { fake_enter: 0.4, ..Default::default() };
+        let bad = VerdictConfig {
+            fake_enter: 0.4,
+            ..Default::default()
+        };
         assert!(bad.validate().is_err());
         assert!(VerdictConfig::default().validate().is_ok());
     }

@@ -31,11 +31,21 @@ impl Backend for TractBackend {
         let inputs = std::iter::once(&spec.input).chain(spec.extra_inputs.iter());
         for (i, input) in inputs.enumerate() {
             if input.dtype != "f32" {
-                bail!("{file}: input {} has dtype {}, only f32 is supported", input.name, input.dtype);
+                bail!(
+                    "{file}: input {} has dtype {}, only f32 is supported",
+                    input.name,
+                    input.dtype
+                );
             }
-            model = model.with_input_fact(i, f32::fact(&input.shape).into()).map_err(fail)?;
+            model = model
+                .with_input_fact(i, f32::fact(&input.shape).into())
+                .map_err(fail)?;
         }
-        let plan = model.into_optimized().map_err(fail)?.into_runnable().map_err(fail)?;
+        let plan = model
+            .into_optimized()
+            .map_err(fail)?
+            .into_runnable()
+            .map_err(fail)?;
         Ok(Box::new(TractModel { plan, file }))
     }
 }
@@ -48,15 +58,23 @@ impl Model for TractModel {
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
         let values: TVec<TValue> = inputs
             .iter()
-            .map(|t| tract_onnx::prelude::Tensor::from_shape(&t.shape, &t.data).map(|t| t.into_tvalue()))
+            .map(|t| {
+                tract_onnx::prelude::Tensor::from_shape(&t.shape, &t.data).map(|t| t.into_tvalue())
+            })
             .collect::<TractResult<_>>()
             .with_context(|| format!("{}: bad input shape", self.file))?;
-        let outputs = self.plan.run(values).with_context(|| format!("{}: inference failed", self.file))?;
+        let outputs = self
+            .plan
+            .run(values)
+            .with_context(|| format!("{}: inference failed", self.file))?;
         outputs
             .iter()
             .map(|o| {
                 let view = o.to_plain_array_view::<f32>()?;
-                Ok(Tensor::new(view.shape().to_vec(), view.iter().copied().collect()))
+                Ok(Tensor::new(
+                    view.shape().to_vec(),
+                    view.iter().copied().collect(),
+                ))
             })
             .collect()
     }

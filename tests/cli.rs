@@ -1,0 +1,280 @@
+//! The `veriface` binary on good, bad and odd input: messages, exit codes, outputs.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::repo;
+
+fn veriface(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_veriface"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("veriface-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn error_lines(o: &Output) -> Vec<String> {
+    stderr(o)
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn analyzes_the_bundled_photo_and_writes_json_and_plots() {
+    let dir = scratch("photo");
+    let json = dir.join("out.json");
+    let plots = dir.join("plots");
+    let o = veriface(&[
+        "analyze",
+        "samples/astronaut.png",
+        "--json",
+        json.to_str().unwrap(),
+        "--plots",
+        plots.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("frame 0  t=0.00s  face 1"), "{out}");
+    assert!(out.contains("emotion happy"), "{out}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let file = &report["files"][0];
+    assert_eq!(file["width"], 512);
+    assert_eq!(file["summary"]["frames_with_faces"], 1);
+    assert_eq!(file["summary"]["emotions"][0][0], "happy");
+    assert!(report["models"].as_array().unwrap().len() >= 5);
+    for suffix in ["deepfake", "emotion"] {
+        let png = plots.join(format!("samples_astronaut_png_{suffix}.png"));
+        let img = image::open(&png).unwrap_or_else(|e| panic!("{}: {e}", png.display()));
+        assert!(img.width() >= 600);
+    }
+}
+
+#[test]
+fn analyzes_the_h264_clip_frame_by_frame_with_one_track() {
+    let o = veriface(&["analyze", "samples/astronaut_zoom.mp4", "--every", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("frame ")).collect();
+    assert_eq!(lines.len(), 10, "every 3rd of 30 frames: {out}");
+    assert!(
+        lines[1].starts_with("frame 3  t=0.30s  face 1"),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines.iter().all(|l| l.contains("face 1")),
+        "the zooming face keeps track 1: {out}"
+    );
+    assert!(
+        out.contains("10 analysed, 10 with faces, 1 face track"),
+        "{out}"
+    );
+}
+
+#[test]
+fn image_without_a_face_says_so_and_is_not_a_verdict() {
+    let dir = scratch("noface");
+    let path = dir.join("sky.png");
+    let img = image::RgbImage::from_fn(160, 120, |x, y| {
+        image::Rgb([(x * 255 / 160) as u8, (y * 255 / 120) as u8, 200])
+    });
+    img.save(&path).unwrap();
+    let o = veriface(&["analyze", path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("frame 0  t=0.00s  no face"), "{out}");
+    assert!(out.contains("verdict     NO FACE"), "{out}");
+    assert!(!out.contains("REAL") && !out.contains("FAKE"), "{out}");
+}
+
+fn assert_one_error(o: &Output, file: &Path, cause: &str) {
+    assert!(
+        !o.status.success(),
+        "expected failure, got success: {}",
+        stdout(o)
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let errors = error_lines(o);
+    assert_eq!(errors.len(), 1, "one error line expected: {}", stderr(o));
+    assert!(
+        errors[0].contains(&file.display().to_string()),
+        "error names the file: {}",
+        errors[0]
+    );
+    assert!(
+        errors[0].contains(cause),
+        "error says {cause:?}: {}",
+        errors[0]
+    );
+}
+
+#[test]
+fn corrupt_image_is_one_clear_error() {
+    let dir = scratch("corrupt");
+    let path = dir.join("broken.jpg");
+    std::fs::write(&path, b"\xff\xd8\xff\xe0 this is not really a jpeg").unwrap();
+    assert_one_error(
+        &veriface(&["analyze", path.to_str().unwrap()]),
+        &path,
+        "not a readable image",
+    );
+}
+
+#[test]
+fn empty_files_are_one_clear_error() {
+    let dir = scratch("empty");
+    for name in ["empty.png", "empty.mp4"] {
+        let path = dir.join(name);
+        std::fs::write(&path, b"").unwrap();
+        assert_one_error(
+            &veriface(&["analyze", path.to_str().unwrap()]),
+            &path,
+            "empty file",
+        );
+    }
+}
+
+#[test]
+fn truncated_video_reports_good_frames_then_fails() {
+    let dir = scratch("truncated");
+    let bytes = std::fs::read(repo().join("samples/astronaut_zoom.mp4")).unwrap();
+    let path = dir.join("cut.mp4");
+    std::fs::write(&path, &bytes[..bytes.len() * 6 / 10]).unwrap();
+    let o = veriface(&["analyze", path.to_str().unwrap()]);
+    assert_one_error(&o, &path, "truncated or corrupt video");
+    let frames = stdout(&o)
+        .lines()
+        .filter(|l| l.starts_with("frame "))
+        .count();
+    assert!(
+        frames > 0 && frames < 30,
+        "frames before the cut are still reported: {frames}"
+    );
+}
+
+#[test]
+fn a_bad_file_in_a_folder_does_not_lose_the_good_ones() {
+    let dir = scratch("mixed");
+    std::fs::copy(repo().join("samples/astronaut.png"), dir.join("a_good.png")).unwrap();
+    std::fs::write(dir.join("b_bad.png"), b"garbage").unwrap();
+    let json = dir.join("r.json");
+    let o = veriface(&[
+        "analyze",
+        dir.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_one_error(&o, &dir.join("b_bad.png"), "not a readable image");
+    assert!(stdout(&o).contains("a_good.png"));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["files"].as_array().unwrap().len(), 1);
+    assert!(report["errors"][0]["file"]
+        .as_str()
+        .unwrap()
+        .ends_with("b_bad.png"));
+}
+
+#[test]
+fn missing_input_is_one_clear_error() {
+    let o = veriface(&["analyze", "no/such/clip.mp4"]);
+    assert_one_error(&o, Path::new("no/such/clip.mp4"), "no such file or folder");
+}
+
+/// A copy of models/ (files linked, manifest copied) whose one file can be damaged.
+fn model_copy(name: &str) -> PathBuf {
+    let dir = scratch(name);
+    for entry in std::fs::read_dir(repo().join("models")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    dir
+}
+
+#[test]
+fn wrong_or_missing_model_file_is_named() {
+    let dir = model_copy("badmodel");
+    let emotion = dir.join("emotion_mini_xception.onnx");
+    let mut bytes = std::fs::read(&emotion).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&emotion, &bytes).unwrap();
+    let manifest = dir.join("manifest.toml");
+    let o = veriface(&[
+        "analyze",
+        "samples/astronaut.png",
+        "--models",
+        manifest.to_str().unwrap(),
+    ]);
+    assert_one_error(&o, &emotion, "does not match the manifest");
+
+    std::fs::remove_file(&emotion).unwrap();
+    let o = veriface(&[
+        "analyze",
+        "samples/astronaut.png",
+        "--models",
+        manifest.to_str().unwrap(),
+    ]);
+    assert_one_error(&o, &emotion, "cannot read model file");
+}
+
+#[test]
+fn unreadable_manifest_is_named() {
+    let dir = scratch("manifest");
+    let manifest = dir.join("manifest.toml");
+    std::fs::write(&manifest, "schema = [[[").unwrap();
+    let o = veriface(&[
+        "analyze",
+        "samples/astronaut.png",
+        "--models",
+        manifest.to_str().unwrap(),
+    ]);
+    assert_one_error(&o, &manifest, "invalid manifest");
+}
+
+#[test]
+fn models_command_checks_every_file() {
+    let o = veriface(&["models"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.lines().filter(|l| l.starts_with("ok ")).count() >= 7,
+        "{out}"
+    );
+}
+
+#[test]
+fn help_exists_for_every_command() {
+    for cmd in [
+        vec!["--help"],
+        vec!["analyze", "--help"],
+        vec!["models", "--help"],
+        vec!["bench", "--help"],
+    ] {
+        let o = veriface(&cmd);
+        assert!(o.status.success());
+        assert!(stdout(&o).contains("Usage"), "{cmd:?}");
+    }
+}

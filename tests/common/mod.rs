@@ -1,0 +1,75 @@
+//! Helpers shared by the integration tests: the repository paths and a minimal .npy reader.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn golden_dir() -> PathBuf {
+    repo().join("models/golden")
+}
+
+pub fn golden_json() -> serde_json::Value {
+    let text = std::fs::read_to_string(golden_dir().join("golden.json"))
+        .expect("models/golden/golden.json");
+    serde_json::from_str(&text).expect("golden.json parses")
+}
+
+/// Read a little-endian float32, C-order .npy file (what numpy.save writes for our goldens).
+pub fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(
+        &bytes[..6],
+        b"\x93NUMPY",
+        "{}: not an npy file",
+        path.display()
+    );
+    let (header_len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        _ => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+    };
+    let header = std::str::from_utf8(&bytes[start..start + header_len]).unwrap();
+    assert!(
+        header.contains("'descr': '<f4'"),
+        "{}: expected <f4, header {header}",
+        path.display()
+    );
+    assert!(header.contains("'fortran_order': False"));
+    let shape_text = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
+    let shape: Vec<usize> = shape_text
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let data: Vec<f32> = bytes[start + header_len..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(
+        data.len(),
+        shape.iter().product::<usize>(),
+        "{}: size mismatch",
+        path.display()
+    );
+    (shape, data)
+}
+
+/// Largest |a-b| - rel*|b| over two equal-length slices (<= abs means within tolerance).
+pub fn max_excess(a: &[f32], b: &[f32], rel: f32) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() - rel * y.abs())
+        .fold(f32::MIN, f32::max)
+}

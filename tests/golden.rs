@@ -1,0 +1,186 @@
+//! Golden tests: the Rust preprocessing and tract inference against the Python tools' numpy
+//! preprocessing and onnxruntime outputs in models/golden/ (written by models/tools/build.py).
+//! Tolerances are stated in golden.json: model outputs |rust - ort| <= abs + rel*|ort|.
+
+mod common;
+
+use common::*;
+use veriface::analysis::CropSpec;
+use veriface::face::{self, FaceDetector};
+use veriface::infer::{tract::TractBackend, Backend, Tensor};
+use veriface::manifest::Manifest;
+use veriface::source::read_image;
+
+fn manifest() -> Manifest {
+    Manifest::load(&repo().join("models/manifest.toml")).expect("manifest loads")
+}
+
+fn tol(key: &str) -> f32 {
+    golden_json()["tolerance"][key].as_f64().unwrap() as f32
+}
+
+/// Every model in golden.json: run its stored input through tract, compare every output.
+#[test]
+fn every_model_matches_onnxruntime() {
+    let m = manifest();
+    let golden = golden_json();
+    let (abs, rel) = (tol("model_abs"), tol("model_rel"));
+    let cases = golden["models"].as_object().unwrap();
+    assert!(cases.len() >= 7, "golden covers {} models", cases.len());
+    for (key, case) in cases {
+        let model = TractBackend
+            .load(&m, key)
+            .unwrap_or_else(|e| panic!("{key}: {e:#}"));
+        let (shape, data) = read_npy(&golden_dir().join(case["input"].as_str().unwrap()));
+        let outputs = model.run(&[Tensor::new(shape, data)]).unwrap();
+        let spec = m.model(key).unwrap();
+        for (i, name) in spec.outputs.iter().enumerate() {
+            let file = case["outputs"][name]
+                .as_str()
+                .unwrap_or_else(|| panic!("{key}: golden lacks output {name}"));
+            let (shape, expected) = read_npy(&golden_dir().join(file));
+            assert_eq!(
+                outputs[i].data.len(),
+                expected.len(),
+                "{key}/{name}: shape {:?} vs {shape:?}",
+                outputs[i].shape
+            );
+            if key.contains("int8") {
+                // Integer kernels round differently per runtime (tract dequantizes QDQ to float,
+                // onnxruntime runs int8 arithmetic): compare direction and scale, not bits.
+                let cos = cosine(&outputs[i].data, &expected);
+                let min_cos = tol("int8_cosine");
+                eprintln!("{key}/{name}: cosine to onnxruntime {cos:.5}");
+                assert!(
+                    cos >= min_cos,
+                    "{key}/{name}: cosine {cos} to onnxruntime below {min_cos}"
+                );
+            } else {
+                let excess = max_excess(&outputs[i].data, &expected, rel);
+                assert!(excess <= abs, "{key}/{name}: differs from onnxruntime by {excess} beyond rel {rel} (allowed {abs})");
+            }
+        }
+    }
+}
+
+#[test]
+fn detector_preprocessing_and_decoding_match_the_tools() {
+    let m = manifest();
+    let golden = golden_json();
+    let img = read_image(&repo().join("samples/astronaut.png")).unwrap();
+    for key in ["face_short", "face_full"] {
+        let spec = m.detector[key].clone();
+        let det = FaceDetector::new(
+            TractBackend.load(&m, key).unwrap(),
+            spec,
+            m.model(key).unwrap(),
+        )
+        .unwrap();
+        let (input, _) = det.input(&img);
+        let (_, expected) =
+            read_npy(&golden_dir().join(golden["models"][key]["input"].as_str().unwrap()));
+        let excess = max_excess(&input.data, &expected, 0.0);
+        assert!(
+            excess <= tol("preprocess_abs"),
+            "{key}: letterbox input differs by {excess}"
+        );
+        let faces = det.detect(&img).unwrap();
+        let want = golden["detections"][key].as_array().unwrap();
+        assert_eq!(faces.len(), want.len(), "{key}: face count");
+        let b = &faces[0].bbox;
+        let got = [b.xmin, b.ymin, b.xmax, b.ymax];
+        for (g, w) in got.iter().zip(want[0]["box"].as_array().unwrap()) {
+            let w = w.as_f64().unwrap();
+            assert!(
+                (g - w).abs() <= tol("box_px") as f64,
+                "{key}: box {got:?} vs {:?}",
+                want[0]["box"]
+            );
+        }
+        assert!((faces[0].score - want[0]["score"].as_f64().unwrap()).abs() < 1e-3);
+    }
+}
+
+/// The face crop: same box -> same square region -> same resized, normalised tensor.
+#[test]
+fn face_crops_match_the_tools() {
+    let m = manifest();
+    let golden = golden_json();
+    let img = read_image(&repo().join("samples/astronaut.png")).unwrap();
+    let spec = m.detector["face_short"].clone();
+    let det = FaceDetector::new(
+        TractBackend.load(&m, "face_short").unwrap(),
+        spec,
+        m.model("face_short").unwrap(),
+    )
+    .unwrap();
+    let face = det.detect(&img).unwrap().remove(0);
+    for (key, region_key) in [
+        ("backbone", "backbone_region"),
+        ("emotion", "emotion_region"),
+    ] {
+        let crop = CropSpec::from_model(m.model(key).unwrap()).unwrap();
+        let region = face::square_region(&face.bbox, crop.scale);
+        let want: Vec<i64> = golden["crops"][region_key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            vec![region.x0, region.y0, region.width as i64],
+            want,
+            "{key}: crop region"
+        );
+        let tensor = crop.tensor(&img, &face);
+        let (shape, expected) =
+            read_npy(&golden_dir().join(golden["models"][key]["input"].as_str().unwrap()));
+        assert_eq!(tensor.shape, shape);
+        let excess = max_excess(&tensor.data, &expected, 0.0);
+        assert!(
+            excess <= tol("preprocess_abs"),
+            "{key}: crop tensor differs by {excess}"
+        );
+    }
+}
+
+#[test]
+fn models_say_what_they_should() {
+    let m = manifest();
+    let golden = golden_json();
+    // Backbone: the cat photo is an ImageNet domestic cat (classes 281-285).
+    let logits = TractBackend.load(&m, "backbone_logits").unwrap();
+    let (shape, data) = read_npy(&golden_dir().join("cat_input.npy"));
+    let out = logits.run(&[Tensor::new(shape, data)]).unwrap();
+    let top = out[0]
+        .data
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .unwrap()
+        .0;
+    assert!(
+        (281..=285).contains(&top),
+        "cat classified as ImageNet {top}"
+    );
+    // Emotion: the astronaut smiles.
+    let emotion = TractBackend.load(&m, "emotion").unwrap();
+    let (shape, data) = read_npy(&golden_dir().join("emotion_input.npy"));
+    let probs = emotion.run(&[Tensor::new(shape, data)]).unwrap();
+    let top = probs[0]
+        .data
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .unwrap()
+        .0;
+    assert_eq!(m.model("emotion").unwrap().classes[top], "happy");
+    assert_eq!(golden["emotion_top"], "happy");
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb).max(f32::MIN_POSITIVE)
+}
