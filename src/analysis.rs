@@ -11,9 +11,8 @@ use crate::frame::{crop_resize_into, Colour, Frame, Normalise};
 use crate::infer::{Backend, Model, Tensor};
 use crate::manifest::{Manifest, ModelSpec};
 
-/// Manifest keys of the analysis models.
+/// Manifest keys of the analysis models. The frame deepfake model names its temporal model.
 pub const DEEPFAKE_KEY: &str = "deepfake";
-pub const TEMPORAL_KEY: &str = "deepfake_temporal_step";
 pub const EMOTION_KEY: &str = "emotion";
 
 /// How to cut and normalise one model's face crop.
@@ -139,18 +138,23 @@ impl Analyzer {
             }
             None => None,
         };
-        let temporal = match (manifest.models.get(TEMPORAL_KEY), &deepfake) {
-            (Some(spec), Some(_)) => {
+        let temporal_key = manifest
+            .models
+            .get(deepfake_key)
+            .and_then(|s| s.temporal.clone());
+        let temporal = match temporal_key {
+            Some(key) => {
+                let spec = manifest.model(&key)?;
                 let hidden = spec.extra_inputs.first().with_context(|| {
                     format!("{}: temporal model needs a hidden-state input", spec.file)
                 })?;
                 Some(TemporalModel {
-                    model: backend.load(manifest, TEMPORAL_KEY)?,
+                    model: backend.load(manifest, &key)?,
                     feature_shape: spec.input.shape.clone(),
                     hidden_shape: hidden.shape.clone(),
                 })
             }
-            _ => None,
+            None => None,
         };
         let emotion = match manifest.models.get(EMOTION_KEY) {
             Some(spec) => Some(EmotionModel {

@@ -67,6 +67,9 @@ struct AnalyzeArgs {
     /// Operating threshold on the fake probability
     #[arg(long, default_value_t = 0.5)]
     threshold: f32,
+    /// Manifest key of the frame deepfake model (absent from the manifest: no deepfake score)
+    #[arg(long, default_value = "deepfake", value_name = "KEY")]
+    deepfake_model: String,
     /// Print only the verdict blocks, not a line per frame
     #[arg(long, short)]
     quiet: bool,
@@ -205,7 +208,14 @@ fn analyze(cli: &Cli, args: &AnalyzeArgs) -> Result<ExitCode> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("{}: cannot create plot folder", dir.display()))?;
     }
-    let engine = Engine::load(engine_config(cli, args.detector, args.threshold))?;
+    let mut config = engine_config(cli, args.detector, args.threshold);
+    config.deepfake = args.deepfake_model.clone();
+    if config.deepfake != veriface::analysis::DEEPFAKE_KEY {
+        // An explicitly chosen model must exist; the default may be absent (UNSCORED).
+        let manifest = veriface::manifest::Manifest::load(&config.manifest)?;
+        manifest.model(&config.deepfake)?;
+    }
+    let engine = Engine::load(config)?;
     let mut json_files = Vec::new();
     let stdout = std::io::stdout();
     for file in &files {

@@ -65,6 +65,9 @@ pub struct ModelSpec {
     pub crop_scale: Option<f32>,
     #[serde(default)]
     pub variant_of: Option<String>,
+    /// For a frame deepfake model: the manifest key of its temporal (GRU step) model.
+    #[serde(default)]
+    pub temporal: Option<String>,
     pub licence: String,
     pub source: String,
     pub training_data: String,

