@@ -86,6 +86,9 @@ struct BenchArgs {
     /// Print JSON instead of a table
     #[arg(long)]
     json: bool,
+    /// Manifest key of the frame deepfake model to time
+    #[arg(long, default_value = "deepfake", value_name = "KEY")]
+    deepfake_model: String,
 }
 
 fn main() -> ExitCode {
@@ -94,12 +97,11 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Analyze(args) => analyze(&cli, args),
         Command::Models => models(&cli),
-        Command::Bench(args) => veriface::bench::run(
-            engine_config(&cli, Range::Short, 0.5),
-            &args.clip,
-            args.iterations,
-            args.json,
-        ),
+        Command::Bench(args) => {
+            let mut config = engine_config(&cli, Range::Short, 0.5);
+            config.deepfake = args.deepfake_model.clone();
+            veriface::bench::run(config, &args.clip, args.iterations, args.json)
+        }
     };
     match result {
         Ok(code) => code,
