@@ -81,11 +81,11 @@ impl TemporalModel {
     pub fn step(&self, features: &[f32], hidden: &mut Vec<f32>) -> Result<f32> {
         let x = Tensor::new(self.feature_shape.clone(), features.to_vec());
         let h = Tensor::new(self.hidden_shape.clone(), std::mem::take(hidden));
-        let out = self.model.run(&[x, h])?;
+        let mut out = self.model.run(&[x, h])?;
         if out.len() < 2 {
             bail!("temporal model must output (fake_logit, Y_h)");
         }
-        *hidden = out[1].data.clone();
+        *hidden = std::mem::take(&mut out[1].data);
         Ok(sigmoid(out[0].data[0]))
     }
 }
@@ -136,6 +136,11 @@ impl Analyzer {
                     crop: CropSpec::from_model(spec)?,
                 })
             }
+            // The default key may be absent (no score); a model asked for by name must exist.
+            None if deepfake_key != DEEPFAKE_KEY => {
+                manifest.model(deepfake_key)?;
+                None
+            }
             None => None,
         };
         let temporal_key = manifest
@@ -180,8 +185,8 @@ impl Analyzer {
         let Some(df) = &self.deepfake else {
             return Ok(None);
         };
-        let out = df.model.run(&[df.crop.tensor(frame, det)])?;
-        let features = out[0].data.clone();
+        let mut out = df.model.run(&[df.crop.tensor(frame, det)])?;
+        let features = std::mem::take(&mut out[0].data);
         Ok(Some((sigmoid(out[1].data[0]), features)))
     }
 
@@ -189,8 +194,8 @@ impl Analyzer {
         let Some(em) = &self.emotion else {
             return Ok(None);
         };
-        let out = em.model.run(&[em.crop.tensor(frame, det)])?;
-        let probabilities = out[0].data.clone();
+        let mut out = em.model.run(&[em.crop.tensor(frame, det)])?;
+        let probabilities = std::mem::take(&mut out[0].data);
         let (index, confidence) = probabilities
             .iter()
             .copied()

@@ -318,11 +318,6 @@ impl Tracker {
             .zip(detections.iter().cloned())
             .collect()
     }
-
-    /// Ids of tracks dropped since they were last seen more than the allowed gap ago.
-    pub fn live_ids(&self) -> Vec<u32> {
-        self.tracks.iter().map(|t| t.id).collect()
-    }
 }
 
 #[cfg(test)]

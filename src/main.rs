@@ -212,25 +212,16 @@ fn analyze(cli: &Cli, args: &AnalyzeArgs) -> Result<ExitCode> {
     }
     let mut config = engine_config(cli, args.detector, args.threshold);
     config.deepfake = args.deepfake_model.clone();
-    if config.deepfake != veriface::analysis::DEEPFAKE_KEY {
-        // An explicitly chosen model must exist; the default may be absent (UNSCORED).
-        let manifest = veriface::manifest::Manifest::load(&config.manifest)?;
-        manifest.model(&config.deepfake)?;
-    }
     let engine = Engine::load(config)?;
     let mut json_files = Vec::new();
     let stdout = std::io::stdout();
     for file in &files {
         match analyze_file(&engine, file, args) {
             Ok((summary, frames, (w, h), kind)) => {
-                let mut out = stdout.lock();
                 if !args.quiet {
-                    for f in &frames {
-                        for line in report::frame_lines(f) {
-                            writeln!(out, "{line}")?;
-                        }
-                    }
+                    print_frames(&frames)?;
                 }
+                let mut out = stdout.lock();
                 writeln!(out, "== {}", file.display())?;
                 write!(out, "{}", report::summary_block(&summary))?;
                 writeln!(out)?;
@@ -285,6 +276,11 @@ fn analyze(cli: &Cli, args: &AnalyzeArgs) -> Result<ExitCode> {
             }
         }
     }
+    let code = if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    };
     if let Some(path) = &args.json {
         let run = report::RunReport {
             version: env!("CARGO_PKG_VERSION"),
@@ -306,16 +302,8 @@ fn analyze(cli: &Cli, args: &AnalyzeArgs) -> Result<ExitCode> {
         let text = serde_json::to_string_pretty(&run)?;
         std::fs::write(path, text + "\n")
             .with_context(|| format!("{}: cannot write JSON", path.display()))?;
-        if !run.errors.is_empty() {
-            return Ok(ExitCode::FAILURE);
-        }
-        return Ok(ExitCode::SUCCESS);
     }
-    Ok(if errors.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(code)
 }
 
 fn plot_stem(file: &Path) -> String {
@@ -331,6 +319,16 @@ type FileResult = (
     (usize, usize),
     MediaKind,
 );
+
+fn print_frames(frames: &[FrameResult]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    for f in frames {
+        for line in report::frame_lines(f) {
+            writeln!(out, "{line}")?;
+        }
+    }
+    Ok(())
+}
 
 fn analyze_file(engine: &Engine, file: &Path, args: &AnalyzeArgs) -> Result<FileResult> {
     let kind = source::media_kind(file).context("unsupported file type")?;
@@ -362,11 +360,7 @@ fn analyze_file(engine: &Engine, file: &Path, args: &AnalyzeArgs) -> Result<File
     if let Err(e) = outcome {
         // Frames decoded before the damage are still reported; the file still counts as failed.
         if !args.quiet {
-            for f in &frames {
-                for line in report::frame_lines(f) {
-                    println!("{line}");
-                }
-            }
+            print_frames(&frames)?;
         }
         return Err(e);
     }

@@ -15,9 +15,9 @@ pub struct Manifest {
     #[serde(default)]
     pub detector: BTreeMap<String, DetectorSpec>,
     pub models: BTreeMap<String, ModelSpec>,
-    /// Folder the manifest was read from; model files are relative to it.
+    /// The file the manifest was read from; model files are relative to its folder.
     #[serde(skip)]
-    pub dir: PathBuf,
+    pub path: PathBuf,
 }
 
 /// BlazeFace anchor and decoding parameters.
@@ -121,15 +121,19 @@ impl Manifest {
                 m.schema
             );
         }
-        m.dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        m.path = path.to_path_buf();
         Ok(m)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new(""))
     }
 
     pub fn model(&self, key: &str) -> Result<&ModelSpec> {
         self.models.get(key).with_context(|| {
             format!(
                 "{}: no model {key:?} (has: {})",
-                self.dir.join("manifest.toml").display(),
+                self.path.display(),
                 self.keys().join(", ")
             )
         })
@@ -140,7 +144,7 @@ impl Manifest {
     }
 
     pub fn path_of(&self, spec: &ModelSpec) -> PathBuf {
-        self.dir.join(&spec.file)
+        self.dir().join(&spec.file)
     }
 
     /// Read a model file and check its sha256 against the manifest.

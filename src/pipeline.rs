@@ -111,7 +111,6 @@ pub struct StageTimings {
 struct TrackState {
     verdict: TrackVerdict,
     hidden: Option<Vec<f32>>,
-    last: Option<Verdict>,
     temporal: Option<f32>,
     probabilities: Vec<f32>,
     emotions: Vec<usize>,
@@ -179,12 +178,11 @@ impl Stream<'_> {
         }
         let mut faces = Vec::with_capacity(tracked.len());
         for (id, det) in tracked {
-            let verdict_cfg = self.verdict.clone();
+            let verdict_cfg = &self.verdict;
             let temporal_model = engine.analyzer.temporal.as_ref();
             let state = self.tracks.entry(id).or_insert_with(|| TrackState {
-                verdict: TrackVerdict::new(verdict_cfg),
+                verdict: TrackVerdict::new(verdict_cfg.clone()),
                 hidden: temporal_model.map(|m| m.initial_state()),
-                last: None,
                 temporal: None,
                 probabilities: Vec::new(),
                 emotions: Vec::new(),
@@ -216,7 +214,6 @@ impl Stream<'_> {
             if temporal.is_some() {
                 state.temporal = temporal;
             }
-            state.last = Some(verdict.clone());
             faces.push(FaceResult {
                 track: id,
                 score: det.score,
@@ -282,46 +279,22 @@ impl Stream<'_> {
         let (score, source) = match (state.temporal, state.probabilities.is_empty()) {
             (Some(t), _) => (Some(t), "temporal model"),
             (None, false) => (
-                Some(median(&state.probabilities.iter().copied().collect())),
+                Some(median(state.probabilities.iter().copied())),
                 "median of frames",
             ),
             (None, true) => (None, "none"),
         };
         let (label, confidence) = match score {
             None => (Label::Unscored, 0.0),
-            Some(s) => {
-                let label = if s >= cfg.fake_enter {
-                    Label::Fake
-                } else if s <= cfg.real_enter {
-                    Label::Real
-                } else {
-                    Label::Uncertain
-                };
-                let margin = if s >= cfg.threshold {
-                    1.0 - cfg.threshold
-                } else {
-                    cfg.threshold
-                };
-                (label, ((s - cfg.threshold).abs() / margin).min(1.0))
-            }
+            Some(s) => (cfg.entry_label(s), cfg.confidence(s)),
         };
-        let fake = state
-            .probabilities
-            .iter()
-            .filter(|p| **p >= cfg.threshold)
-            .count();
-        let n = state.probabilities.len();
         Summary {
             label,
             score,
             score_source: source,
             frame_mean,
             confidence,
-            consistency: if n > 0 {
-                fake.max(n - fake) as f32 / n as f32
-            } else {
-                0.0
-            },
+            consistency: state.verdict.consistency(),
             frames: self.frames,
             frames_with_faces: self.frames_with_faces,
             tracks: self.tracks.len(),

@@ -75,6 +75,27 @@ impl VerdictConfig {
         }
         Ok(())
     }
+
+    /// The decision for a score with no history: it must reach an entry threshold.
+    pub fn entry_label(&self, p: f32) -> Label {
+        if p >= self.fake_enter {
+            Label::Fake
+        } else if p <= self.real_enter {
+            Label::Real
+        } else {
+            Label::Uncertain
+        }
+    }
+
+    /// 0 at the threshold, 1 at certainty, scaled by the room on that side of the threshold.
+    pub fn confidence(&self, p: f32) -> f32 {
+        let margin = if p >= self.threshold {
+            1.0 - self.threshold
+        } else {
+            self.threshold
+        };
+        ((p - self.threshold).abs() / margin.max(f32::EPSILON)).min(1.0)
+    }
 }
 
 /// The decision for one track at one moment.
@@ -97,6 +118,7 @@ pub struct TrackVerdict {
     recent: VecDeque<f32>,
     label: Label,
     frames: usize,
+    scored_frames: usize,
     fake_frames: usize,
 }
 
@@ -107,6 +129,7 @@ impl TrackVerdict {
             recent: VecDeque::new(),
             label: Label::Uncertain,
             frames: 0,
+            scored_frames: 0,
             fake_frames: 0,
         }
     }
@@ -124,6 +147,7 @@ impl TrackVerdict {
             };
         };
         self.frames += 1;
+        self.scored_frames += 1;
         if p >= self.cfg.threshold {
             self.fake_frames += 1;
         }
@@ -131,7 +155,7 @@ impl TrackVerdict {
         while self.recent.len() > self.cfg.window {
             self.recent.pop_front();
         }
-        let smoothed = median(&self.recent);
+        let smoothed = median(self.recent.iter().copied());
         let c = &self.cfg;
         self.label = if self.frames < c.min_frames {
             Label::Uncertain
@@ -139,31 +163,31 @@ impl TrackVerdict {
             match self.label {
                 Label::Fake if smoothed >= c.fake_exit => Label::Fake,
                 Label::Real if smoothed <= c.real_exit => Label::Real,
-                _ if smoothed >= c.fake_enter => Label::Fake,
-                _ if smoothed <= c.real_enter => Label::Real,
-                _ => Label::Uncertain,
+                _ => c.entry_label(smoothed),
             }
         };
-        let margin = if smoothed >= c.threshold {
-            1.0 - c.threshold
-        } else {
-            c.threshold
-        };
-        let confidence = ((smoothed - c.threshold).abs() / margin.max(f32::EPSILON)).min(1.0);
-        let majority = self.fake_frames.max(self.frames - self.fake_frames);
         Verdict {
             label: self.label,
             smoothed: Some(smoothed),
-            confidence,
-            consistency: majority as f32 / self.frames as f32,
+            confidence: c.confidence(smoothed),
+            consistency: self.consistency(),
             frames: self.frames,
         }
     }
+
+    /// Share of the scored frames on the majority side of the threshold (0 with none scored).
+    pub fn consistency(&self) -> f32 {
+        if self.scored_frames == 0 {
+            return 0.0;
+        }
+        let majority = self.fake_frames.max(self.scored_frames - self.fake_frames);
+        majority as f32 / self.scored_frames as f32
+    }
 }
 
-pub fn median(values: &VecDeque<f32>) -> f32 {
-    let values: &VecDeque<f32> = values;
-    let mut v: Vec<f32> = values.iter().copied().collect();
+/// Median of the values (NaN when there are none).
+pub fn median(values: impl IntoIterator<Item = f32>) -> f32 {
+    let mut v: Vec<f32> = values.into_iter().collect();
     v.sort_by(f32::total_cmp);
     let n = v.len();
     if n == 0 {

@@ -15,8 +15,8 @@ fn manifest() -> Manifest {
     Manifest::load(&repo().join("models/manifest.toml")).expect("manifest loads")
 }
 
-fn tol(key: &str) -> f32 {
-    golden_json()["tolerance"][key].as_f64().unwrap() as f32
+fn tol(golden: &serde_json::Value, key: &str) -> f32 {
+    golden["tolerance"][key].as_f64().unwrap() as f32
 }
 
 /// Every model in golden.json: run its stored input through tract, compare every output.
@@ -24,7 +24,7 @@ fn tol(key: &str) -> f32 {
 fn every_model_matches_onnxruntime() {
     let m = manifest();
     let golden = golden_json();
-    let (abs, rel) = (tol("model_abs"), tol("model_rel"));
+    let (abs, rel) = (tol(&golden, "model_abs"), tol(&golden, "model_rel"));
     let cases = golden["models"].as_object().unwrap();
     assert!(cases.len() >= 7, "golden covers {} models", cases.len());
     for (key, case) in cases {
@@ -65,7 +65,7 @@ fn every_model_matches_onnxruntime() {
                 // Integer kernels round differently per runtime (tract dequantizes QDQ to float,
                 // onnxruntime runs int8 arithmetic): compare direction and scale, not bits.
                 let cos = cosine(&outputs[i].data, &expected);
-                let min_cos = tol("int8_cosine");
+                let min_cos = tol(&golden, "int8_cosine");
                 eprintln!("{key}/{name}: cosine to onnxruntime {cos:.5}");
                 assert!(
                     cos >= min_cos,
@@ -97,7 +97,7 @@ fn detector_preprocessing_and_decoding_match_the_tools() {
             read_npy(&golden_dir().join(golden["models"][key]["input"].as_str().unwrap()));
         let excess = max_excess(&input.data, &expected, 0.0);
         assert!(
-            excess <= tol("preprocess_abs"),
+            excess <= tol(&golden, "preprocess_abs"),
             "{key}: letterbox input differs by {excess}"
         );
         let faces = det.detect(&img).unwrap();
@@ -108,7 +108,7 @@ fn detector_preprocessing_and_decoding_match_the_tools() {
         for (g, w) in got.iter().zip(want[0]["box"].as_array().unwrap()) {
             let w = w.as_f64().unwrap();
             assert!(
-                (g - w).abs() <= tol("box_px") as f64,
+                (g - w).abs() <= tol(&golden, "box_px") as f64,
                 "{key}: box {got:?} vs {:?}",
                 want[0]["box"]
             );
@@ -154,7 +154,7 @@ fn face_crops_match_the_tools() {
         assert_eq!(tensor.shape, shape);
         let excess = max_excess(&tensor.data, &expected, 0.0);
         assert!(
-            excess <= tol("preprocess_abs"),
+            excess <= tol(&golden, "preprocess_abs"),
             "{key}: crop tensor differs by {excess}"
         );
     }
@@ -168,13 +168,7 @@ fn models_say_what_they_should() {
     let logits = TractBackend.load(&m, "backbone_logits").unwrap();
     let (shape, data) = read_npy(&golden_dir().join("cat_input.npy"));
     let out = logits.run(&[Tensor::new(shape, data)]).unwrap();
-    let top = out[0]
-        .data
-        .iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .unwrap()
-        .0;
+    let top = argmax(&out[0].data);
     assert!(
         (281..=285).contains(&top),
         "cat classified as ImageNet {top}"
@@ -183,13 +177,7 @@ fn models_say_what_they_should() {
     let emotion = TractBackend.load(&m, "emotion").unwrap();
     let (shape, data) = read_npy(&golden_dir().join("emotion_input.npy"));
     let probs = emotion.run(&[Tensor::new(shape, data)]).unwrap();
-    let top = probs[0]
-        .data
-        .iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .unwrap()
-        .0;
+    let top = argmax(&probs[0].data);
     assert_eq!(m.model("emotion").unwrap().classes[top], "happy");
     assert_eq!(golden["emotion_top"], "happy");
 }
@@ -199,4 +187,13 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
     let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
     dot / (na * nb).max(f32::MIN_POSITIVE)
+}
+
+fn argmax(values: &[f32]) -> usize {
+    values
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .unwrap()
+        .0
 }

@@ -23,18 +23,18 @@ def read_rgb(path: Path) -> np.ndarray:
     return img[..., :3].astype(np.float32)
 
 
-def probe(path: Path) -> tuple[int, int, float, int]:
-    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_packets", "-show_entries",
-                          "stream=width,height,r_frame_rate,nb_read_packets", "-of", "json", str(path)],
+def probe(path: Path) -> tuple[int, int]:
+    """Frame size of the first video stream."""
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+                          "stream=width,height", "-of", "json", str(path)],
                          check=True, capture_output=True, text=True).stdout
     s = json.loads(out)["streams"][0]
-    num, den = s["r_frame_rate"].split("/")
-    return int(s["width"]), int(s["height"]), float(num) / float(den), int(s.get("nb_read_packets", 0))
+    return int(s["width"]), int(s["height"])
 
 
 def sample_frames(path: Path, count: int, stride: int, start: int = 0):
     """Every `stride`-th frame from `start`, at most `count`, as float32 RGB arrays."""
-    w, h, _, _ = probe(path)
+    w, h = probe(path)
     vf = f"select='gte(n\\,{start})*not(mod(n-{start}\\,{stride}))'"
     cmd = ["ffmpeg", "-v", "error", "-i", str(path), "-vf", vf, "-vsync", "vfr", "-frames:v", str(count),
            "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
