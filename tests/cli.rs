@@ -289,7 +289,7 @@ fn deepfake_model_scores_every_face_and_the_gru_gives_the_verdict() {
         "analyze",
         "samples/astronaut_zoom.mp4",
         "--deepfake-model",
-        "deepfake_baseline",
+        "deepfake",
         "--max-frames",
         "8",
         "--json",

@@ -226,20 +226,35 @@ def write_golden(files: dict[str, Path], samples: dict[str, Path]) -> dict:
             cases["models"][key] = {"input": "backbone_input.npy",
                                     "outputs": {"features": save_npy(f"{key}_features.npy", out)}}
 
-    if "deepfake_baseline" in run:
-        out = run["deepfake_baseline"].run(None, {"input": backbone_in})
-        cases["models"]["deepfake_baseline"] = {"input": "backbone_input.npy",
+    if "deepfake" in run:
+        out = run["deepfake"].run(None, {"input": backbone_in})
+        cases["models"]["deepfake"] = {"input": "backbone_input.npy",
                                        "outputs": {"features": save_npy("deepfake_features.npy", out[0]),
                                                    "fake_logit": save_npy("deepfake_logit.npy", out[1])}}
         cases["astronaut_fake_probability"] = round(float(1 / (1 + np.exp(-out[1][0, 0]))), 4)
-    if "deepfake_baseline_step" in run:
-        step = run["deepfake_baseline_step"]
-        x = features.reshape(1, 1, -1).astype(np.float32)
+        deepfake_features = out[0]
+    if "deepfake_int8" in run:
+        out = run["deepfake_int8"].run(None, {"input": backbone_in})
+        cases["models"]["deepfake_int8"] = {"input": "backbone_input.npy",
+                                            "outputs": {"features": save_npy("deepfake_int8_features.npy", out[0]),
+                                                        "fake_logit": save_npy("deepfake_int8_logit.npy", out[1])}}
+    if "deepfake_step" in run:
+        step = run["deepfake_step"]
+        x = deepfake_features.reshape(1, 1, -1).astype(np.float32)
         _, h1 = step.run(None, {"features": x, "initial_h": np.zeros((1, 1, 32), np.float32)})
         logit, h2 = step.run(None, {"features": x, "initial_h": h1})
-        cases["models"]["deepfake_baseline_step"] = {
+        cases["models"]["deepfake_step"] = {
             "inputs": [save_npy("gru_features.npy", x), save_npy("gru_h1.npy", h1)],
             "outputs": {"fake_logit": save_npy("gru_logit.npy", logit), "Y_h": save_npy("gru_h2.npy", h2)}}
+    if "deepfake_sequence" in run:
+        # Eight frames (the manifest's shape): the astronaut's features scaled, so the state moves.
+        scales = np.linspace(0.6, 1.4, 8)
+        seq = np.concatenate([deepfake_features * s for s in scales]).reshape(8, 1, -1).astype(np.float32)
+        logits, hn = run["deepfake_sequence"].run(None, {"features": seq, "initial_h": np.zeros((1, 1, 32), np.float32)})
+        cases["models"]["deepfake_sequence"] = {
+            "inputs": [save_npy("gru_sequence_features.npy", seq), save_npy("gru_h0.npy", np.zeros((1, 1, 32), np.float32))],
+            "outputs": {"fake_logit": save_npy("gru_sequence_logits.npy", logits),
+                        "Y_h": save_npy("gru_sequence_h.npy", hn)}}
 
     emotion_in = pp.emotion_input(img, tuple(cases["crops"]["emotion_region"]), 64)
     probs = run["emotion"].run(None, {"input": emotion_in})[0]

