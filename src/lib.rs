@@ -6,6 +6,7 @@
 
 pub mod analysis;
 pub mod bench;
+pub mod daemon;
 pub mod face;
 pub mod frame;
 pub mod infer;

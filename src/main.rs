@@ -42,6 +42,89 @@ enum Command {
     Models,
     /// Per-stage latency and end-to-end frames per second on a clip (single thread)
     Bench(BenchArgs),
+    /// The daemon: capture from the camera (or --source), analyse every face live
+    Run(RunArgs),
+    /// Print the running daemon's status snapshot
+    Status {
+        /// Status file (default: status.path from the config)
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Daemon config file
+        #[arg(long, default_value = veriface::daemon::config::DEFAULT_CONFIG, value_name = "FILE")]
+        config: PathBuf,
+        /// Print the raw JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Daemon config files
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Verdict records written by the daemon (.vfr files)
+    #[command(subcommand)]
+    Log(LogCommand),
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Every intact record as JSON lines (or CSV); damaged spans reported on stderr
+    Decode {
+        /// Record files, or folders of them (decoded oldest first)
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// CSV with a header instead of JSON lines
+        #[arg(long)]
+        csv: bool,
+        /// Keep reading the (single) file as the daemon appends to it
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Counts per verdict and per hour, camera outages
+    Stats {
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check a config file (or board profile): unknown keys and bad values are named
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the built-in defaults as TOML
+    Defaults,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Config file (missing default file: built-in defaults)
+    #[arg(long, default_value = veriface::daemon::config::DEFAULT_CONFIG, value_name = "FILE")]
+    config: PathBuf,
+    /// Video, image or folder to analyse instead of the camera (played in real time)
+    #[arg(long, value_name = "PATH")]
+    source: Option<PathBuf>,
+    /// Play --source again and again
+    #[arg(long = "loop", requires = "source")]
+    looped: bool,
+    /// Record folder (overrides records.dir and turns records on)
+    #[arg(long, value_name = "DIR")]
+    records: Option<PathBuf>,
+    /// Status file (overrides status.path)
+    #[arg(long, value_name = "FILE")]
+    status: Option<PathBuf>,
+    /// Display: none, png:FILE, fb:/dev/fbN, ssd1306:/dev/i2c-N (overrides [display])
+    #[arg(long, value_name = "KIND[:PATH]")]
+    display: Option<String>,
+    /// LEDs: none, rppal, gpiocdev (overrides leds.kind)
+    #[arg(long, value_name = "KIND")]
+    leds: Option<String>,
+    /// No verdict lines on stdout
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 #[derive(clap::Args)]
@@ -102,6 +185,11 @@ fn main() -> ExitCode {
             config.deepfake = args.deepfake_model.clone();
             veriface::bench::run(config, &args.clip, args.iterations, args.json)
         }
+        Command::Run(args) => run(&cli, args),
+        Command::Status { file, config, json } => status(file.as_deref(), config, *json),
+        Command::Config(ConfigCommand::Check { files }) => config_check(files),
+        Command::Config(ConfigCommand::Defaults) => config_defaults(),
+        Command::Log(cmd) => log_command(cmd),
     };
     match result {
         Ok(code) => code,
@@ -124,6 +212,114 @@ fn engine_config(cli: &Cli, range: Range, threshold: f32) -> EngineConfig {
     .into();
     cfg.verdict.threshold = threshold;
     cfg
+}
+
+fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
+    let opts = veriface::daemon::RunOptions {
+        models: cli.models.clone(),
+        config: args.config.clone(),
+        source: args.source.clone(),
+        looped: args.looped,
+        records: args.records.clone(),
+        status: args.status.clone(),
+        display: args.display.clone(),
+        leds: args.leds.clone(),
+        quiet: args.quiet,
+    };
+    veriface::daemon::run(&opts, &veriface::sinks::outputs)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn log_command(cmd: &LogCommand) -> Result<ExitCode> {
+    use veriface::sinks::records;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match cmd {
+        LogCommand::Decode { paths, csv, follow } => {
+            let files = records::expand_paths(paths)?;
+            if *follow {
+                let [file] = files.as_slice() else {
+                    anyhow::bail!("--follow takes one record file ({} given)", files.len());
+                };
+                if *csv {
+                    writeln!(out, "{}", records::CSV_HEADER)?;
+                }
+                records::follow(file, |off, r| {
+                    let line = if *csv {
+                        records::to_csv(r)
+                    } else {
+                        records::to_json(file, off, r).to_string()
+                    };
+                    writeln!(out, "{line}")?;
+                    out.flush()?;
+                    Ok(())
+                })?;
+            } else {
+                records::write_decoded(&files, *csv, &mut out)?;
+            }
+        }
+        LogCommand::Stats { paths, json } => {
+            let files = records::expand_paths(paths)?;
+            let mut stats = records::Stats::default();
+            records::decode_files(&files, |_, d| {
+                stats.add(d);
+                Ok(())
+            })?;
+            if *json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&stats)?)?;
+            } else {
+                write!(out, "{}", stats.render())?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn config_defaults() -> Result<ExitCode> {
+    print!(
+        "{}",
+        toml::to_string(&veriface::daemon::config::Config::default())?
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(file: Option<&Path>, config: &Path, json: bool) -> Result<ExitCode> {
+    let path = match file {
+        Some(f) => f.to_path_buf(),
+        None => {
+            let cfg = if config.exists() {
+                veriface::daemon::config::Config::load(config)?
+            } else {
+                veriface::daemon::config::Config::default()
+            };
+            PathBuf::from(cfg.status.path)
+        }
+    };
+    let status = veriface::daemon::status::Status::read(&path)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", status.render());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn config_check(files: &[PathBuf]) -> Result<ExitCode> {
+    let mut ok = true;
+    for f in files {
+        match veriface::daemon::config::Config::load(f) {
+            Ok(_) => println!("ok    {}", f.display()),
+            Err(e) => {
+                ok = false;
+                eprintln!("error: {e:#}");
+            }
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn models(cli: &Cli) -> Result<ExitCode> {

@@ -1,5 +1,35 @@
-//! Outputs: the text/JSON report and PNG plots (later: display, LEDs, records).
+//! Outputs: the text/JSON report and PNG plots for one-shot runs; for the daemon, the records
+//! (and the display and LEDs), each behind [`crate::daemon::Output`].
 
 pub mod canvas;
 pub mod plot;
+pub mod records;
 pub mod report;
+
+use crate::daemon::config::Config;
+use crate::daemon::Output;
+
+/// The outputs a config asks for. One that cannot start is reported in one line and left out:
+/// the daemon goes on with the others.
+pub fn outputs(cfg: &Config) -> Vec<Box<dyn Output>> {
+    let mut out: Vec<Box<dyn Output>> = Vec::new();
+    if cfg.records.enabled {
+        match records::RecordsOutput::open(cfg) {
+            Ok(r) => out.push(Box::new(r)),
+            Err(e) => log::error!("records off: {e:#}"),
+        }
+    }
+    if cfg.display.kind != "none" {
+        log::error!(
+            "display.kind = {:?}: no display driver in this build yet; display off",
+            cfg.display.kind
+        );
+    }
+    if cfg.leds.kind != "none" {
+        log::error!(
+            "leds.kind = {:?}: no LED driver in this build yet; LEDs off",
+            cfg.leds.kind
+        );
+    }
+    out
+}

@@ -32,8 +32,8 @@ impl std::fmt::Display for Label {
 
 /// Thresholds on the smoothed fake probability. Entering a decision needs a stronger score than
 /// keeping it, so a score hovering at a threshold does not flicker between verdicts.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct VerdictConfig {
     /// Frames in the median window.
     pub window: usize,

@@ -43,7 +43,7 @@ pub struct TimedFrame {
 }
 
 /// Anything that yields frames in order.
-pub trait FrameSource {
+pub trait FrameSource: Send {
     /// The next frame, None at the end. An error names the file and the cause.
     fn next_frame(&mut self) -> Result<Option<TimedFrame>>;
     /// Total frames if known (for progress).
@@ -348,3 +348,6 @@ pub fn collect_media(path: &Path) -> Result<Vec<PathBuf>> {
     }
     Ok(out)
 }
+
+pub mod camera;
+pub mod v4l2;

@@ -1,0 +1,117 @@
+//! The health snapshot: what `veriface status` prints, replaced atomically so a reader never
+//! sees half a file.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StageMs {
+    pub detect: f64,
+    pub deepfake: f64,
+    pub temporal: f64,
+    pub emotion: f64,
+    pub total: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LastVerdict {
+    pub track: u32,
+    pub label: String,
+    pub probability: Option<f32>,
+    pub emotion: Option<String>,
+    pub emotion_confidence: Option<f32>,
+    pub age_s: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub device_id: String,
+    pub pid: u32,
+    pub uptime_s: f64,
+    pub state: String,
+    pub camera: String,
+    pub camera_detail: String,
+    pub camera_outages: u64,
+    pub backend: String,
+    /// Frames analysed per second (recent), and frames captured but skipped as stale.
+    pub fps: f64,
+    pub frames: u64,
+    pub dropped: u64,
+    pub faces: usize,
+    pub stage_ms: StageMs,
+    pub last_verdict: Option<LastVerdict>,
+    pub inference_stalled: bool,
+    pub records: String,
+}
+
+impl Status {
+    pub fn write_atomic(&self, path: &Path) -> Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("{}: cannot create folder", dir.display()))?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(self)? + "\n";
+        std::fs::write(&tmp, text).with_context(|| format!("{}: cannot write", tmp.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("{}: cannot replace", path.display()))?;
+        Ok(())
+    }
+
+    pub fn read(path: &Path) -> Result<Status> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "{}: cannot read status (is `veriface run` running?)",
+                path.display()
+            )
+        })?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a veriface status file", path.display()))
+    }
+
+    /// Human-readable form for `veriface status`.
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "veriface {} ({}) pid {} up {:.0} s: {}\n",
+            self.version, self.device_id, self.pid, self.uptime_s, self.state
+        );
+        s += &format!(
+            "camera   {} {} (outages {})\n",
+            self.camera, self.camera_detail, self.camera_outages
+        );
+        s += &format!(
+            "speed    {:.1} fps, {} frames, {} stale frames skipped, backend {}\n",
+            self.fps, self.frames, self.dropped, self.backend
+        );
+        let m = &self.stage_ms;
+        s +=
+            &format!(
+            "stage ms detect {:.1}  deepfake {:.1}  temporal {:.2}  emotion {:.1}  total {:.1}{}\n",
+            m.detect,
+            m.deepfake,
+            m.temporal,
+            m.emotion,
+            m.total,
+            if self.inference_stalled { "  (STALLED)" } else { "" }
+        );
+        match &self.last_verdict {
+            Some(v) => {
+                s += &format!(
+                    "verdict  {} faces; track {} {} p={} {} ({:.0} s ago)\n",
+                    self.faces,
+                    v.track,
+                    v.label,
+                    v.probability.map_or("-".into(), |p| format!("{p:.3}")),
+                    v.emotion.as_deref().unwrap_or("-"),
+                    v.age_s
+                );
+            }
+            None => s += "verdict  none yet\n",
+        }
+        s += &format!("records  {}\n", self.records);
+        s
+    }
+}

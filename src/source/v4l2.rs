@@ -1,0 +1,249 @@
+//! The real camera: V4L2 through the `v4l` crate (USB webcams, the Pi camera via its V4L2
+//! driver, Jetson CSI cameras through nvargus' v4l2 bridge).
+//!
+//! Reads wait in `poll()` with a timeout (the crate's plain blocking dequeue hangs on unplug),
+//! and only two buffers are queued: a slow analysis never sees frames older than one interval.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use v4l::buffer::Type;
+use v4l::frameinterval::FrameIntervalEnum;
+use v4l::io::traits::CaptureStream;
+use v4l::prelude::MmapStream;
+use v4l::video::Capture;
+use v4l::{Device, FourCC};
+
+use super::camera::{
+    fourcc_str, mjpeg_to_rgb, negotiate, yuyv_to_rgb, CameraDevice, CameraError, CameraOpener,
+    Mode, Wanted, MJPG,
+};
+use crate::frame::Frame;
+
+/// Opens `/dev/videoN` by path, or the first capture device whose name contains `device`.
+pub struct V4l2Opener {
+    pub device: String,
+    pub wanted: Wanted,
+}
+
+/// Resolve a configured camera to a device node: a path as is, else a name from sysfs.
+pub fn resolve(device: &str) -> Result<PathBuf, CameraError> {
+    if device.starts_with('/') {
+        return Ok(PathBuf::from(device));
+    }
+    let sys = Path::new("/sys/class/video4linux");
+    let mut entries: Vec<_> = std::fs::read_dir(sys)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    entries.sort();
+    for entry in entries {
+        let name = std::fs::read_to_string(entry.join("name")).unwrap_or_default();
+        if name.trim().contains(device) {
+            if let Some(node) = entry.file_name() {
+                return Ok(Path::new("/dev").join(node));
+            }
+        }
+    }
+    Err(CameraError::NotFound(format!("camera named {device:?}")))
+}
+
+fn classify(path: &Path, e: io::Error) -> CameraError {
+    let name = path.display().to_string();
+    match e.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ENXIO) => CameraError::NotFound(name),
+        Some(libc::EACCES) | Some(libc::EPERM) => CameraError::Permission(name),
+        Some(libc::ENODEV) => CameraError::Gone(name, e.to_string()),
+        Some(libc::ENOTTY) | Some(libc::EINVAL) => {
+            CameraError::NotACamera(name, "not a V4L2 device".into())
+        }
+        _ => CameraError::Io(name, e.to_string()),
+    }
+}
+
+/// Every (format, size, rates) the device offers.
+fn modes(dev: &Device) -> io::Result<Vec<Mode>> {
+    let mut out = Vec::new();
+    for desc in dev.enum_formats()? {
+        for size in dev.enum_framesizes(desc.fourcc).unwrap_or_default() {
+            for d in size.size.to_discrete() {
+                let fps = dev
+                    .enum_frameintervals(desc.fourcc, d.width, d.height)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|i| match i.interval {
+                        FrameIntervalEnum::Discrete(f) if f.numerator > 0 => {
+                            Some(f.denominator as f64 / f.numerator as f64)
+                        }
+                        FrameIntervalEnum::Stepwise(s) if s.min.numerator > 0 => {
+                            Some(s.min.denominator as f64 / s.min.numerator as f64)
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                out.push(Mode {
+                    fourcc: desc.fourcc.repr,
+                    width: d.width,
+                    height: d.height,
+                    fps,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl CameraOpener for V4l2Opener {
+    fn open(&mut self) -> Result<Box<dyn CameraDevice>, CameraError> {
+        let path = resolve(&self.device)?;
+        let name = path.display().to_string();
+        if !path.exists() {
+            return Err(CameraError::NotFound(name));
+        }
+        let dev = Device::with_path(&path).map_err(|e| classify(&path, e))?;
+        let caps = dev.query_caps().map_err(|e| classify(&path, e))?;
+        if !caps
+            .capabilities
+            .contains(v4l::capability::Flags::VIDEO_CAPTURE)
+        {
+            return Err(CameraError::NotACamera(
+                name,
+                format!("{} has no video capture", caps.card),
+            ));
+        }
+        let offered = modes(&dev).map_err(|e| classify(&path, e))?;
+        let choice = negotiate(&offered, &self.wanted).ok_or_else(|| {
+            let list: Vec<String> = offered.iter().map(|m| fourcc_str(m.fourcc)).collect();
+            CameraError::NoUsableFormat(name.clone(), list.join(", "))
+        })?;
+        let mut fmt = dev.format().map_err(|e| classify(&path, e))?;
+        fmt.width = choice.width;
+        fmt.height = choice.height;
+        fmt.fourcc = FourCC::new(&choice.fourcc);
+        let fmt = dev.set_format(&fmt).map_err(|e| classify(&path, e))?;
+        let fps = choice.fps.round().max(1.0) as u32;
+        if let Err(e) = dev.set_params(&v4l::video::capture::Parameters::with_fps(fps)) {
+            log::warn!("{name}: cannot set {fps} fps ({e}); using the driver's rate");
+        }
+        let what = format!(
+            "{name} ({}) {} {}x{} @ {fps} fps",
+            caps.card,
+            fourcc_str(fmt.fourcc.repr),
+            fmt.width,
+            fmt.height
+        );
+        if choice.exact {
+            log::info!("camera: {what}");
+        } else {
+            log::warn!(
+                "camera: asked for {:?} {}x{} @ {} fps, the camera offers {what}",
+                self.wanted.format,
+                self.wanted.width,
+                self.wanted.height,
+                self.wanted.fps
+            );
+        }
+        let mut stream = MmapStream::with_buffers(&dev, Type::VideoCapture, 2)
+            .map_err(|e| classify(&path, e))?;
+        stream.set_timeout(Duration::from_millis(200));
+        Ok(Box::new(V4l2Camera {
+            _dev: dev,
+            stream,
+            path,
+            fourcc: fmt.fourcc.repr,
+            width: fmt.width as usize,
+            height: fmt.height as usize,
+            stride: fmt.stride as usize,
+            what,
+        }))
+    }
+
+    fn name(&self) -> String {
+        self.device.clone()
+    }
+}
+
+struct V4l2Camera {
+    _dev: Device,
+    stream: MmapStream<'static>,
+    path: PathBuf,
+    fourcc: [u8; 4],
+    width: usize,
+    height: usize,
+    stride: usize,
+    what: String,
+}
+
+impl CameraDevice for V4l2Camera {
+    fn read(&mut self, timeout: Duration) -> Result<Option<Frame>, CameraError> {
+        self.stream
+            .set_timeout(timeout.max(Duration::from_millis(1)));
+        let (data, meta) = match CaptureStream::next(&mut self.stream) {
+            Ok(x) => x,
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => return Ok(None),
+            Err(e) => {
+                let err = classify(&self.path, e);
+                return Err(match err {
+                    CameraError::Io(p, m) | CameraError::NotACamera(p, m) => {
+                        CameraError::Gone(p, m)
+                    }
+                    other => other,
+                });
+            }
+        };
+        let used = (meta.bytesused as usize).min(data.len());
+        let frame = if self.fourcc == MJPG {
+            mjpeg_to_rgb(&data[..used])
+        } else {
+            yuyv_to_rgb(
+                &data[..used],
+                self.width,
+                self.height,
+                self.stride.max(self.width * 2),
+            )
+        };
+        // A corrupt frame (USB glitch) is skipped, not fatal; the timeout catches a dead camera.
+        if frame.is_none() {
+            log::debug!("{}: undecodable frame skipped", self.path.display());
+        }
+        Ok(frame)
+    }
+
+    fn describe(&self) -> String {
+        self.what.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::camera::PixelFormat;
+
+    fn opener(device: &str) -> V4l2Opener {
+        V4l2Opener {
+            device: device.into(),
+            wanted: Wanted {
+                format: PixelFormat::Auto,
+                width: 640,
+                height: 480,
+                fps: 15.0,
+            },
+        }
+    }
+
+    #[test]
+    fn missing_device_is_not_found() {
+        let e = opener("/dev/video-does-not-exist").open().err().unwrap();
+        assert!(matches!(e, CameraError::NotFound(_)), "{e}");
+        let e = opener("No Such Camera Model").open().err().unwrap();
+        assert!(e.to_string().contains("no such camera"), "{e}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_camera_says_so() {
+        // /dev/null opens but answers VIDIOC_QUERYCAP with ENOTTY: the real ioctl path runs.
+        let e = opener("/dev/null").open().err().unwrap();
+        assert!(matches!(e, CameraError::NotACamera(..)), "{e}");
+        assert_eq!(e.to_string(), "/dev/null: not a camera (not a V4L2 device)");
+    }
+}

@@ -1,0 +1,255 @@
+//! The daemon end to end: `veriface run --source` on the bundled clip with the example config,
+//! status file, records, systemd notifications, SIGTERM; config files and their errors.
+
+mod common;
+
+use std::io::Read;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::repo;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_veriface"));
+    c.current_dir(repo()).env("RUST_LOG", "warn");
+    c
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("veriface-daemon-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn spawn_run(dir: &Path, extra_env: &[(&str, &Path)]) -> Child {
+    let mut c = bin();
+    c.args([
+        "run",
+        "--source",
+        "samples/astronaut_zoom.mp4",
+        "--loop",
+        "--config",
+        "cross/veriface.toml",
+        "--records",
+    ])
+    .arg(dir.join("records"))
+    .arg("--status")
+    .arg(dir.join("status.json"))
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    for (k, v) in extra_env {
+        c.env(k, v);
+    }
+    c.spawn().unwrap()
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !done() {
+        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn status(dir: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join("status.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// SIGTERM, then the exit status; panics if the daemon takes longer than 2 s to stop.
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t0 = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if t0.elapsed() > Duration::from_secs(2) {
+            let _ = child.kill();
+            panic!("daemon did not stop within 2 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn run_on_a_file_prints_verdicts_writes_status_and_records_and_stops_on_sigterm() {
+    let dir = scratch("run");
+    let mut child = spawn_run(&dir, &[]);
+    // The status file appears once models load; wait until frames have been analysed.
+    wait_for(
+        "analysed frames in the status file",
+        Duration::from_secs(60),
+        || status(&dir).is_some_and(|s| s["frames"].as_u64().unwrap_or(0) >= 5),
+    );
+    let s = status(&dir).unwrap();
+    assert_eq!(s["state"], "running", "{s}");
+    assert_eq!(s["camera"], "streaming", "{s}");
+    assert!(s["faces"].as_u64().unwrap() >= 1, "{s}");
+    assert_eq!(s["last_verdict"]["emotion"], "happy", "{s}");
+    let p = s["last_verdict"]["probability"]
+        .as_f64()
+        .expect("a deepfake probability");
+    assert!((0.0..=1.0).contains(&p));
+
+    let exit = terminate(&mut child);
+    assert!(exit.success(), "exit {exit:?}");
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let lines: Vec<&str> = out.lines().filter(|l| l.contains(" face ")).collect();
+    assert!(
+        !lines.is_empty(),
+        "no verdict lines; stdout {out:?} stderr {err:?}"
+    );
+    assert!(lines.iter().all(|l| l.contains("emotion")), "{lines:?}");
+    assert_eq!(status(&dir).unwrap()["state"], "stopped");
+
+    // The records written are readable by `veriface log decode`, start to stop.
+    let o = bin()
+        .args(["log", "decode"])
+        .arg(dir.join("records"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8(o.stdout).unwrap();
+    let kinds: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["event"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(
+        kinds.first().map(String::as_str),
+        Some("start"),
+        "{kinds:?}"
+    );
+    assert_eq!(kinds.last().map(String::as_str), Some("stop"), "{kinds:?}");
+    assert!(kinds.iter().any(|k| k == "face"), "{kinds:?}");
+}
+
+#[test]
+fn systemd_is_told_ready_and_stopping() {
+    let dir = scratch("notify");
+    let socket_path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut child = spawn_run(&dir, &[("NOTIFY_SOCKET", &socket_path)]);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 512];
+    while !seen.iter().any(|m: &String| m.contains("READY=1")) {
+        let n = socket.recv(&mut buf).expect("a notification within 60 s");
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let exit = terminate(&mut child);
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(exit.success(), "{exit:?}: {err}");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    while let Ok(n) = socket.recv(&mut buf) {
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(seen.iter().any(|m| m.contains("STOPPING=1")), "{seen:?}");
+}
+
+#[test]
+fn example_config_documents_every_key_and_every_profile_checks() {
+    let o = bin().args(["config", "defaults"]).output().unwrap();
+    assert!(o.status.success());
+    let defaults = String::from_utf8(o.stdout).unwrap();
+    let example = std::fs::read_to_string(repo().join("cross/veriface.toml")).unwrap();
+    let mut section = String::new();
+    for line in defaults.lines() {
+        if line.starts_with('[') {
+            section = line.to_string();
+            assert!(example.contains(line), "example lacks {line}");
+        } else if let Some((key, _)) = line.split_once(" = ") {
+            let scope = if section.is_empty() {
+                example.as_str()
+            } else {
+                example.split(&format!("\n{section}\n")).nth(1).unwrap()
+            };
+            let documented = scope.lines().any(|l| l.starts_with(&format!("{key} = ")));
+            assert!(documented, "example lacks {section} {key}");
+        }
+    }
+    let mut files = vec![repo().join("cross/veriface.toml")];
+    for entry in std::fs::read_dir(repo().join("boards")).unwrap() {
+        files.push(entry.unwrap().path());
+    }
+    assert!(files.len() >= 6, "five board profiles and the example");
+    let o = bin()
+        .args(["config", "check"])
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn bad_config_and_missing_source_give_one_line_naming_the_cause() {
+    let dir = scratch("bad");
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[camera]\nwidth = 640\nfsp = 30\n").unwrap();
+    for args in [
+        vec![
+            "config".to_string(),
+            "check".into(),
+            bad.display().to_string(),
+        ],
+        vec![
+            "run".into(),
+            "--config".into(),
+            bad.display().to_string(),
+            "--source".into(),
+            "samples/astronaut.png".into(),
+        ],
+    ] {
+        let o = bin().args(&args).output().unwrap();
+        assert!(!o.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        let last = err.lines().last().unwrap_or("");
+        assert!(
+            last.contains("bad.toml") && last.contains("line 3") && last.contains("fsp"),
+            "{args:?}: {err}"
+        );
+    }
+    let o = bin()
+        .args(["run", "--source", "no-such-clip.mp4", "--config"])
+        .arg(dir.join("absent.toml"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("no-such-clip.mp4"), "{err}");
+}

@@ -1,0 +1,387 @@
+//! Verdict records on disk: round trip, power loss (a cut at every byte), random corruption,
+//! the committed sample of every schema version, record size, and the writer's policies.
+
+use std::path::{Path, PathBuf};
+
+use proptest::prelude::*;
+use veriface::daemon::config::RecordsConfig;
+use veriface::sinks::records::{
+    decode, decode_file, encode_frame, record_files, short, Decoded, Event, FaceRecord, FreeSpace,
+    ModelId, Record, RecordWriter, MAX_FRAME,
+};
+use veriface::verdict::Label;
+
+fn face(track: u32, frame: u64, verdict: Label) -> Record {
+    Record {
+        wall_ms: 1_795_000_000_000 + frame * 66,
+        mono_ms: 12_000 + frame * 66,
+        device: short("kiosk-07"),
+        event: Event::Face(FaceRecord {
+            track,
+            frame,
+            bbox: [212, 96, 398, 301],
+            frame_prob: Some(8123),
+            smoothed_prob: Some(7710),
+            verdict,
+            emotion: Some(3),
+            emotion_conf: 91,
+            model: 0x1f2e_3d4c,
+        }),
+    }
+}
+
+/// The records of the committed v1 sample: every event kind, in a daemon-like order.
+fn sample_records() -> Vec<Record> {
+    let mut models = heapless::Vec::new();
+    for (key, b) in [
+        ("face_short", 0x11u8),
+        ("deepfake", 0x22),
+        ("emotion", 0x33),
+    ] {
+        models
+            .push(ModelId {
+                key: short(key),
+                sha256_prefix: [b; 8],
+            })
+            .unwrap();
+    }
+    let mut out = vec![Record {
+        wall_ms: 1_795_000_000_000,
+        mono_ms: 0,
+        device: short("kiosk-07"),
+        event: Event::Start {
+            version: short("0.1.0"),
+            models,
+        },
+    }];
+    out.push(face(1, 10, Label::Uncertain));
+    out.push(face(1, 25, Label::Fake));
+    out.push(Record {
+        wall_ms: 1_795_000_003_000,
+        mono_ms: 15_000,
+        device: short("kiosk-07"),
+        event: Event::CameraLost {
+            reason: short("/dev/video0: camera disappeared (ENODEV)"),
+        },
+    });
+    out.push(Record {
+        wall_ms: 1_795_000_009_000,
+        mono_ms: 21_000,
+        device: short("kiosk-07"),
+        event: Event::CameraBack,
+    });
+    out.push(face(2, 400, Label::Real));
+    let mut unscored = face(3, 401, Label::Unscored);
+    if let Event::Face(f) = &mut unscored.event {
+        f.frame_prob = None;
+        f.smoothed_prob = None;
+        f.emotion = None;
+        f.emotion_conf = 0;
+    }
+    out.push(unscored);
+    out.push(Record {
+        wall_ms: 1_795_000_020_000,
+        mono_ms: 32_000,
+        device: short("kiosk-07"),
+        event: Event::Stop,
+    });
+    out
+}
+
+/// A record file as the writer lays it out: a leading delimiter, then one frame per record.
+/// Also returns each record's span, from its leading delimiter to its trailing one inclusive.
+fn encode_all(records: &[Record]) -> (Vec<u8>, Vec<(usize, usize)>) {
+    let mut bytes = vec![0u8];
+    let mut spans = Vec::new();
+    let mut frame = [0u8; MAX_FRAME + 1];
+    for r in records {
+        let start = bytes.len() - 1;
+        let n = encode_frame(r, &mut frame).unwrap();
+        bytes.extend_from_slice(&frame[..n]);
+        spans.push((start, bytes.len() - 1));
+    }
+    (bytes, spans)
+}
+
+fn decode_all(bytes: &[u8]) -> Decoded {
+    let mut d = Decoded::default();
+    decode(bytes, 0, true, &mut d);
+    d
+}
+
+fn sample_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/records_v1.vfr")
+}
+
+/// Schema v1 stays readable: the committed file decodes to exactly the records it was made of.
+/// (Regenerate only when adding a version: VERIFACE_WRITE_SAMPLE=1 cargo test --test records.)
+#[test]
+fn committed_v1_sample_decodes() {
+    let expected = sample_records();
+    if std::env::var_os("VERIFACE_WRITE_SAMPLE").is_some() {
+        std::fs::create_dir_all(sample_path().parent().unwrap()).unwrap();
+        std::fs::write(sample_path(), encode_all(&expected).0).unwrap();
+    }
+    let d = decode_file(&sample_path()).unwrap();
+    assert!(d.damaged.is_empty(), "{:?}", d.damaged);
+    let got: Vec<Record> = d.records.into_iter().map(|(_, r)| r).collect();
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn face_record_size_is_within_budget() {
+    let mut frame = [0u8; MAX_FRAME + 1];
+    let n = encode_frame(&face(17, 123_456, Label::Fake), &mut frame).unwrap();
+    let (file, _) = encode_all(&sample_records());
+    println!(
+        "face record on disk: {n} bytes (version, postcard, CRC32, COBS, delimiter); \
+         sample file: {} records in {} bytes",
+        sample_records().len(),
+        file.len()
+    );
+    assert!(n <= 64, "a typical face record takes {n} bytes");
+}
+
+#[test]
+fn a_cut_at_every_byte_keeps_every_complete_record() {
+    let records = sample_records();
+    let (bytes, spans) = encode_all(&records);
+    for cut in 0..=bytes.len() {
+        let d = decode_all(&bytes[..cut]);
+        let got: Vec<&Record> = d.records.iter().map(|(_, r)| r).collect();
+        // Complete: the frame's last byte is in the file (its delimiter may be cut off).
+        let complete = spans.iter().filter(|(_, end)| *end <= cut).count();
+        assert!(
+            got.len() == complete,
+            "cut {cut}: {} records, {complete} complete",
+            got.len()
+        );
+        assert!(got.iter().zip(&records).all(|(g, r)| *g == r), "cut {cut}");
+        let mid_frame = spans.iter().any(|(s, e)| *s + 1 < cut && cut < *e);
+        assert_eq!(
+            !d.damaged.is_empty(),
+            mid_frame,
+            "cut {cut}: {:?}",
+            d.damaged
+        );
+    }
+}
+
+#[test]
+fn a_non_record_file_yields_nothing_and_does_not_panic() {
+    let png =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/chelsea.png")).unwrap();
+    let d = decode_all(&png);
+    assert!(d.records.is_empty());
+    assert!(!d.damaged.is_empty());
+}
+
+fn label() -> impl Strategy<Value = Label> {
+    prop_oneof![
+        Just(Label::Real),
+        Just(Label::Fake),
+        Just(Label::Uncertain),
+        Just(Label::Unscored),
+        Just(Label::NoFace),
+    ]
+}
+
+fn record() -> impl Strategy<Value = Record> {
+    let face = (
+        any::<u32>(),
+        any::<u64>(),
+        any::<[i16; 4]>(),
+        proptest::option::of(0u16..=10000),
+        proptest::option::of(0u16..=10000),
+        label(),
+        proptest::option::of(0u8..7),
+        0u8..=100,
+        any::<u32>(),
+    )
+        .prop_map(
+            |(track, frame, bbox, fp, sp, verdict, emotion, conf, model)| {
+                Event::Face(FaceRecord {
+                    track,
+                    frame,
+                    bbox,
+                    frame_prob: fp,
+                    smoothed_prob: sp,
+                    verdict,
+                    emotion,
+                    emotion_conf: conf,
+                    model,
+                })
+            },
+        );
+    let start = (
+        "[0-9.]{1,16}",
+        proptest::collection::vec(("[a-z_0-9]{1,32}", any::<[u8; 8]>()), 0..16),
+    )
+        .prop_map(|(v, ms)| Event::Start {
+            version: short(&v),
+            models: ms
+                .iter()
+                .map(|(k, p)| ModelId {
+                    key: short(k),
+                    sha256_prefix: *p,
+                })
+                .collect(),
+        });
+    let event = prop_oneof![
+        4 => face,
+        1 => start,
+        1 => Just(Event::Stop),
+        1 => Just(Event::CameraBack),
+        1 => "\\PC{0,64}".prop_map(|s| Event::CameraLost { reason: short(&s) }),
+    ];
+    (any::<u64>(), any::<u64>(), "\\PC{0,32}", event).prop_map(|(wall_ms, mono_ms, dev, event)| {
+        Record {
+            wall_ms,
+            mono_ms,
+            device: short(&dev),
+            event,
+        }
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_record_round_trips(records in proptest::collection::vec(record(), 1..20)) {
+        let (bytes, _) = encode_all(&records);
+        let d = decode_all(&bytes);
+        prop_assert!(d.damaged.is_empty());
+        let got: Vec<Record> = d.records.into_iter().map(|(_, r)| r).collect();
+        prop_assert_eq!(got, records);
+    }
+
+    /// Flipped bytes anywhere: every record whose span is untouched comes back, at its offset,
+    /// and nothing that was not written comes back.
+    #[test]
+    fn random_corruption_loses_only_touched_records(
+        records in proptest::collection::vec(record(), 1..30),
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 1..8),
+    ) {
+        let (mut bytes, spans) = encode_all(&records);
+        let hit: Vec<usize> = flips.iter().map(|(i, _)| i.index(bytes.len())).collect();
+        for ((_, x), &at) in flips.iter().zip(&hit) {
+            bytes[at] ^= x;
+        }
+        let d = decode_all(&bytes);
+        for (r, (s, e)) in records.iter().zip(&spans) {
+            if !hit.iter().any(|h| (s..=e).contains(&h)) {
+                prop_assert!(d.records.iter().any(|(off, g)| *off == (*s + 1) as u64 && g == r),
+                    "intact record at {} lost", s + 1);
+            }
+        }
+        for (off, g) in &d.records {
+            let i = spans.iter().position(|(s, _)| (*s + 1) as u64 == *off);
+            prop_assert!(i.is_some_and(|i| &records[i] == g), "invented record at {off}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------- the writer
+
+/// Free space that the test sets (the disk-full edge; everything else is the real file system).
+struct SetSpace(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl FreeSpace for SetSpace {
+    fn free_bytes(&self, _dir: &Path) -> std::io::Result<u64> {
+        Ok(self.0.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("veriface-records-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn read_dir_records(dir: &Path) -> Vec<Record> {
+    record_files(dir)
+        .unwrap()
+        .iter()
+        .flat_map(|f| decode_file(f).unwrap().records)
+        .map(|(_, r)| r)
+        .collect()
+}
+
+#[test]
+fn writer_rotates_and_keeps_the_newest_files() {
+    let dir = scratch("rotate");
+    let cfg = RecordsConfig {
+        rotate_kib: 16,
+        keep_files: 3,
+        flush_ms: 0,
+        min_free_mib: 0,
+        ..RecordsConfig::default()
+    };
+    let space = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+    let mut w = RecordWriter::open(&dir, cfg.clone(), Box::new(SetSpace(space.clone()))).unwrap();
+    let total = 2000u64; // ~60 B each: about 7 files of 16 KiB
+    for i in 0..total {
+        w.write(&face(1, i, Label::Real)).unwrap();
+    }
+    w.flush(true).unwrap();
+    let files = record_files(&dir).unwrap();
+    assert_eq!(files.len(), 3, "{files:?}");
+    let kept = read_dir_records(&dir);
+    // The newest records survive, in order, ending with the last one written.
+    let frames: Vec<u64> = kept
+        .iter()
+        .map(|r| match &r.event {
+            Event::Face(f) => f.frame,
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(*frames.last().unwrap(), total - 1);
+    assert!(frames.windows(2).all(|w| w[1] == w[0] + 1));
+    assert!(
+        frames.len() as u64 > 16 * 1024 * 2 / 64,
+        "{} kept",
+        frames.len()
+    );
+
+    // A restart continues the numbering instead of overwriting.
+    drop(w);
+    let mut w = RecordWriter::open(&dir, cfg, Box::new(SetSpace(space))).unwrap();
+    w.write(&face(9, 0, Label::Fake)).unwrap();
+    w.flush(true).unwrap();
+    let after = record_files(&dir).unwrap();
+    assert!(after.last().unwrap() > files.last().unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn writer_pauses_when_the_disk_is_nearly_full_and_resumes() {
+    let dir = scratch("space");
+    let cfg = RecordsConfig {
+        flush_ms: 0,
+        min_free_mib: 64,
+        ..RecordsConfig::default()
+    };
+    let space = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1 << 40));
+    let mut w = RecordWriter::open(&dir, cfg, Box::new(SetSpace(space.clone()))).unwrap();
+    w.write(&face(1, 0, Label::Real)).unwrap();
+    space.store(10 << 20, std::sync::atomic::Ordering::Relaxed);
+    // The space check runs at most once a second.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    for i in 1..5 {
+        w.write(&face(1, i, Label::Real)).unwrap();
+    }
+    assert_eq!(w.skipped, 4);
+    space.store(1 << 40, std::sync::atomic::Ordering::Relaxed);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    w.write(&face(1, 5, Label::Fake)).unwrap();
+    let frames: Vec<u64> = read_dir_records(&dir)
+        .iter()
+        .map(|r| match &r.event {
+            Event::Face(f) => f.frame,
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(frames, [0, 5]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
