@@ -7,6 +7,7 @@
 pub mod analysis;
 pub mod bench;
 pub mod daemon;
+pub mod eval;
 pub mod face;
 pub mod frame;
 pub mod infer;

@@ -38,6 +38,8 @@ enum Range {
 enum Command {
     /// Analyse images, videos, or every image and video under a folder
     Analyze(AnalyzeArgs),
+    /// Metrics on a labelled set: DIR/real and DIR/fake (images, videos, folders of frames)
+    Eval(EvalArgs),
     /// Check the model manifest: every file present, sha256 matching, loadable by tract
     Models,
     /// Per-stage latency and end-to-end frames per second on a clip (single thread)
@@ -100,6 +102,43 @@ enum ConfigCommand {
 }
 
 #[derive(clap::Args)]
+struct EvalArgs {
+    /// Folder with real/ and fake/ sub-folders (any depth)
+    dir: PathBuf,
+    /// Write every number and per-item score as JSON
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Write roc.png and histograms.png into DIR
+    #[arg(long, value_name = "DIR")]
+    plots: Option<PathBuf>,
+    /// Operating threshold on the fake probability (score >= threshold: FAKE)
+    #[arg(long, default_value_t = 0.5)]
+    threshold: f32,
+    /// Pick the threshold that keeps BPCER (real faces rejected) at or under this rate on this
+    /// data, report at it, and print it in config-file syntax
+    #[arg(long, value_name = "BPCER")]
+    calibrate: Option<f64>,
+    /// Each image is an aligned face crop: no face detection
+    #[arg(long)]
+    cropped: bool,
+    /// Analyse every Nth frame of videos
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    every: u64,
+    /// Stop each video after N analysed frames
+    #[arg(long, value_name = "N")]
+    max_frames: Option<u64>,
+    /// Worker threads (each loads its own models)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    jobs: u64,
+    /// Face detector: short (within ~2 m) or full range (up to ~5 m)
+    #[arg(long, value_enum, default_value_t = Range::Short)]
+    detector: Range,
+    /// Manifest key of the frame deepfake model
+    #[arg(long, default_value = "deepfake", value_name = "KEY")]
+    deepfake_model: String,
+}
+
+#[derive(clap::Args)]
 struct RunArgs {
     /// Config file (missing default file: built-in defaults)
     #[arg(long, default_value = veriface::daemon::config::DEFAULT_CONFIG, value_name = "FILE")]
@@ -153,6 +192,9 @@ struct AnalyzeArgs {
     /// Manifest key of the frame deepfake model (absent from the manifest: no deepfake score)
     #[arg(long, default_value = "deepfake", value_name = "KEY")]
     deepfake_model: String,
+    /// Write an occlusion heat map per face track (on its most fake-looking frame) into DIR
+    #[arg(long, value_name = "DIR")]
+    explain: Option<PathBuf>,
     /// Print only the verdict blocks, not a line per frame
     #[arg(long, short)]
     quiet: bool,
@@ -179,6 +221,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Analyze(args) => analyze(&cli, args),
+        Command::Eval(args) => eval(&cli, args),
         Command::Models => models(&cli),
         Command::Bench(args) => {
             let mut config = engine_config(&cli, Range::Short, 0.5);
@@ -273,6 +316,97 @@ fn log_command(cmd: &LogCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn eval(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
+    use veriface::eval::{self, metrics, plots, EvalOptions};
+    if !(0.0..=1.0).contains(&args.threshold) {
+        anyhow::bail!("--threshold {}: must be within 0..1", args.threshold);
+    }
+    if let Some(t) = args.calibrate {
+        if !(0.0..1.0).contains(&t) {
+            anyhow::bail!("--calibrate {t}: a BPCER rate within 0..1, e.g. 0.01");
+        }
+    }
+    let items = eval::collect_items(&args.dir)?;
+    let mut config = engine_config(cli, args.detector, args.threshold);
+    config.verdict = VerdictConfig::centred_on(args.threshold);
+    config.deepfake = args.deepfake_model.clone();
+    let opts = EvalOptions {
+        every: args.every,
+        max_frames: args.max_frames,
+        cropped: args.cropped,
+        jobs: args.jobs as usize,
+    };
+    let show = std::io::stderr().is_terminal();
+    let outcomes = eval::score_all(&config, &items, &opts, &|done, total| {
+        if show {
+            let width = 30;
+            let filled = done * width / total.max(1);
+            eprint!(
+                "\r[{}{}] {done}/{total} items",
+                "#".repeat(filled),
+                " ".repeat(width - filled)
+            );
+            if done == total {
+                eprintln!();
+            }
+        }
+    })?;
+    let mut threshold = args.threshold;
+    if let Some(target) = args.calibrate {
+        let (_, videos, _) = eval::scored(&outcomes);
+        let (t, c) = metrics::threshold_for_bpcer(&videos, target)?;
+        threshold = t;
+        println!(
+            "# calibrated on {} items for BPCER <= {target}: BPCER {:.4}, APCER {:.4}",
+            videos.len(),
+            c.bpcer(),
+            c.apcer()
+        );
+        let v = VerdictConfig::centred_on(t);
+        println!(
+            "[verdict]\nthreshold = {}\nfake_enter = {}\nfake_exit = {}\nreal_enter = {}\nreal_exit = {}\n",
+            v.threshold, v.fake_enter, v.fake_exit, v.real_enter, v.real_exit
+        );
+    }
+    let report = eval::report(outcomes, threshold)?;
+    print!("{}", report.render());
+    if let Some(dir) = &args.plots {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create plot folder", dir.display()))?;
+        let (frames, videos, means) = eval::scored(
+            &report
+                .items
+                .iter()
+                .cloned()
+                .map(eval::Outcome::Scored)
+                .collect::<Vec<_>>(),
+        );
+        plots::roc_plot(
+            &[
+                ("frame", &frames, report.frame.auc),
+                ("video", &videos, report.video.auc),
+                ("video (frame mean)", &means, report.video_frame_mean.auc),
+            ],
+            &dir.join("roc.png"),
+        )?;
+        plots::histogram_plot(
+            &[("frame", &frames), ("video", &videos)],
+            threshold,
+            &dir.join("histograms.png"),
+        )?;
+    }
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    Ok(if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn config_defaults() -> Result<ExitCode> {
@@ -502,6 +636,45 @@ fn analyze(cli: &Cli, args: &AnalyzeArgs) -> Result<ExitCode> {
     Ok(code)
 }
 
+/// The frame (and box) on which each track looked most fake so far.
+type MostFake =
+    std::collections::BTreeMap<u32, (f32, veriface::frame::Frame, veriface::face::Detection)>;
+
+fn keep_most_fake(best: &mut MostFake, result: &FrameResult, tf: &source::TimedFrame) {
+    for face in &result.faces {
+        let Some(p) = face.analysis.deepfake else {
+            continue;
+        };
+        if best.get(&face.track).is_none_or(|(q, ..)| p > *q) {
+            let det = veriface::face::Detection {
+                score: face.score,
+                bbox: face.bbox,
+                keypoints: [(0.0, 0.0); 6],
+            };
+            best.insert(face.track, (p, tf.frame.clone(), det));
+        }
+    }
+}
+
+/// Occlusion heat maps: one PNG per track, `<file>_track<N>_explain.png`.
+fn explain(engine: &Engine, file: &Path, dir: &Path, best: &MostFake) -> Result<()> {
+    let Some(df) = &engine.analyzer.deepfake else {
+        anyhow::bail!("--explain needs a deepfake model in the manifest");
+    };
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    for (track, (p, frame, det)) in best {
+        let map = df.occlusion(frame, det, 32, 16)?;
+        let path = dir.join(format!("{}_track{track}_explain.png", plot_stem(file)));
+        veriface::sinks::explain::save_heatmap(&map, df.crop.norm, &path)?;
+        eprintln!(
+            "explain: {} (track {track}, fake probability {p:.3})",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 fn plot_stem(file: &Path) -> String {
     file.to_string_lossy()
         .trim_start_matches("./")
@@ -537,13 +710,18 @@ fn analyze_file(engine: &Engine, file: &Path, args: &AnalyzeArgs) -> Result<File
     let mut frames = Vec::new();
     let mut size = (0, 0);
     let mut analysed = 0u64;
+    let mut best = MostFake::new();
     let outcome: Result<()> = (|| {
         while let Some(tf) = src.next_frame()? {
             size = (tf.frame.width, tf.frame.height);
             if tf.index % args.every != 0 {
                 continue;
             }
-            frames.push(stream.process(&tf)?);
+            let result = stream.process(&tf)?;
+            if args.explain.is_some() {
+                keep_most_fake(&mut best, &result, &tf);
+            }
+            frames.push(result);
             analysed += 1;
             progress.tick(analysed);
             if args.max_frames.is_some_and(|m| analysed >= m) {
@@ -553,6 +731,9 @@ fn analyze_file(engine: &Engine, file: &Path, args: &AnalyzeArgs) -> Result<File
         Ok(())
     })();
     progress.clear();
+    if let Some(dir) = &args.explain {
+        explain(engine, file, dir, &best)?;
+    }
     if let Err(e) = outcome {
         // Frames decoded before the damage are still reported; the file still counts as failed.
         if !args.quiet {

@@ -2,6 +2,7 @@
 //! (and the display and LEDs), each behind [`crate::daemon::Output`].
 
 pub mod canvas;
+pub mod explain;
 pub mod plot;
 pub mod records;
 pub mod report;

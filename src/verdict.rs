@@ -62,6 +62,21 @@ impl Default for VerdictConfig {
 }
 
 impl VerdictConfig {
+    /// The default hysteresis band moved to sit around `threshold` (clamped to 0..1), so any
+    /// operating point in 0..1 gives a valid config.
+    pub fn centred_on(threshold: f32) -> Self {
+        let d = VerdictConfig::default();
+        let shift = |v: f32| (v - d.threshold + threshold).clamp(0.0, 1.0);
+        VerdictConfig {
+            fake_enter: shift(d.fake_enter),
+            fake_exit: shift(d.fake_exit),
+            real_enter: shift(d.real_enter),
+            real_exit: shift(d.real_exit),
+            threshold,
+            ..d
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         let ordered = self.real_enter <= self.real_exit
             && self.real_exit <= self.threshold

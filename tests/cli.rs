@@ -332,3 +332,130 @@ fn unknown_deepfake_model_key_is_named() {
         stderr(&o)
     );
 }
+
+/// `eval` on a small labelled set made from the samples: the report, JSON objects with every
+/// metric, both plots, a face-less image counted and a corrupt file listed, never dropped.
+#[test]
+fn eval_reports_metrics_json_plots_and_lists_what_it_could_not_score() {
+    let dir = scratch("eval");
+    let set = dir.join("set");
+    for d in ["real/clip", "fake"] {
+        std::fs::create_dir_all(set.join(d)).unwrap();
+    }
+    let samples = repo().join("samples");
+    std::fs::copy(
+        samples.join("astronaut.png"),
+        set.join("real/astronaut.png"),
+    )
+    .unwrap();
+    // A folder of frames is one item: two copies of the portrait, slightly cropped.
+    let img = image::open(samples.join("astronaut.png")).unwrap();
+    img.crop_imm(0, 0, 500, 500)
+        .save(set.join("real/clip/0001.png"))
+        .unwrap();
+    img.crop_imm(10, 10, 490, 490)
+        .save(set.join("real/clip/0002.png"))
+        .unwrap();
+    std::fs::copy(
+        samples.join("astronaut_zoom.mp4"),
+        set.join("fake/zoom.mp4"),
+    )
+    .unwrap();
+    image::RgbImage::from_pixel(320, 240, image::Rgb([90, 90, 90]))
+        .save(set.join("fake/blank.png"))
+        .unwrap();
+    std::fs::write(set.join("fake/broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let json = dir.join("eval.json");
+    let plots = dir.join("plots");
+    let o = veriface(&[
+        "eval",
+        set.to_str().unwrap(),
+        "--max-frames",
+        "6",
+        "--jobs",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+        "--plots",
+        plots.to_str().unwrap(),
+    ]);
+    // The corrupt file makes the run fail, after everything else is reported.
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("APCER") && out.contains("BPCER"), "{out}");
+    assert!(
+        out.contains("no face: ") && out.contains("blank.png"),
+        "{out}"
+    );
+    assert!(
+        out.contains("unreadable: ") && out.contains("broken.png"),
+        "{out}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for level in ["frame", "video"] {
+        for key in [
+            "auc",
+            "eer",
+            "accuracy",
+            "precision",
+            "recall",
+            "f1",
+            "apcer",
+            "bpcer",
+            "confusion",
+            "threshold",
+        ] {
+            assert!(!report[level][key].is_null(), "{level}.{key} missing");
+        }
+    }
+    // Items: the portrait, the frame folder, the video; 6 + 2 + 1 frames.
+    assert_eq!(report["video"]["items"], 3);
+    assert_eq!(report["frame"]["items"], 9);
+    assert_eq!(report["items"].as_array().unwrap().len(), 3);
+    for png in ["roc.png", "histograms.png"] {
+        let img = image::open(plots.join(png)).unwrap();
+        assert!(img.width() > 300, "{png}");
+    }
+
+    // Calibration: the printed config snippet parses and meets its BPCER target (or, where a
+    // real item scores 1.0, one error line says no threshold can).
+    let o = veriface(&[
+        "eval",
+        set.to_str().unwrap(),
+        "--max-frames",
+        "6",
+        "--calibrate",
+        "0.0",
+    ]);
+    let out = stdout(&o);
+    if !out.contains("[verdict]") {
+        let errors = error_lines(&o);
+        assert!(
+            errors.len() == 1 && errors[0].contains("no threshold up to 1.0"),
+            "{}",
+            stderr(&o)
+        );
+        return;
+    }
+    let snippet: String = out
+        .lines()
+        .skip_while(|l| *l != "[verdict]")
+        .take(6)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let cfg = veriface::daemon::config::Config::parse(&snippet)
+        .unwrap_or_else(|e| panic!("{e:#}\n{snippet}"));
+    assert!(out.contains("BPCER 0.0000"), "{out}");
+    assert!((0.0..=1.0 + 1e-5).contains(&cfg.verdict.threshold));
+}
+
+#[test]
+fn eval_of_a_folder_without_classes_is_one_clear_error() {
+    let dir = scratch("eval-empty");
+    let o = veriface(&["eval", dir.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let errors = error_lines(&o);
+    assert_eq!(errors.len(), 1, "{}", stderr(&o));
+    assert!(errors[0].contains("real/ or fake/"), "{errors:?}");
+}

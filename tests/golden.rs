@@ -197,3 +197,35 @@ fn argmax(values: &[f32]) -> usize {
         .unwrap()
         .0
 }
+
+/// `--explain`'s occlusion map: hiding parts of the face moves the fake score more than hiding
+/// the crop's border (hair, background), on the sample portrait with the trained model.
+#[test]
+fn occluding_the_face_matters_more_than_the_background() {
+    let engine = veriface::pipeline::Engine::load(veriface::pipeline::EngineConfig::default())
+        .expect("engine loads");
+    let img = read_image(&repo().join("samples/astronaut.png")).unwrap();
+    let det = engine.detector.detect(&img).unwrap().remove(0);
+    let df = engine.analyzer.deepfake.as_ref().expect("deepfake model");
+    let map = df.occlusion(&img, &det, 32, 16).unwrap();
+    assert_eq!((map.rows, map.cols), (13, 13));
+    let (mut centre, mut border) = (Vec::new(), Vec::new());
+    for r in 0..map.rows {
+        for c in 0..map.cols {
+            let d = map.drops[r * map.cols + c].abs();
+            if r == 0 || c == 0 || r == map.rows - 1 || c == map.cols - 1 {
+                border.push(d);
+            } else if (3..=9).contains(&r) && (3..=9).contains(&c) {
+                centre.push(d);
+            }
+        }
+    }
+    let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
+    eprintln!(
+        "mean |logit change|: face {:.3}, border {:.3} (base logit {:.2})",
+        mean(&centre),
+        mean(&border),
+        map.base_logit
+    );
+    assert!(mean(&centre) > mean(&border));
+}

@@ -33,12 +33,12 @@ const EMOTION_COLOURS: [Rgb888; 7] = [
     Rgb888::new(127, 127, 127),
 ];
 
-fn text(canvas: &mut RgbCanvas, s: &str, x: i32, y: i32) {
+pub(crate) fn text(canvas: &mut RgbCanvas, s: &str, x: i32, y: i32) {
     let style = MonoTextStyle::new(&FONT_6X10, Rgb888::BLACK);
     let _ = Text::new(s, Point::new(x, y), style).draw(canvas);
 }
 
-fn line(canvas: &mut RgbCanvas, a: Point, b: Point, colour: Rgb888, width: u32) {
+pub(crate) fn line(canvas: &mut RgbCanvas, a: Point, b: Point, colour: Rgb888, width: u32) {
     let _ = Line::new(a, b)
         .into_styled(PrimitiveStyle::with_stroke(colour, width))
         .draw(canvas);
