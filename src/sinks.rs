@@ -2,7 +2,9 @@
 //! (and the display and LEDs), each behind [`crate::daemon::Output`].
 
 pub mod canvas;
+pub mod display;
 pub mod explain;
+pub mod leds;
 pub mod plot;
 pub mod records;
 pub mod report;
@@ -21,16 +23,16 @@ pub fn outputs(cfg: &Config) -> Vec<Box<dyn Output>> {
         }
     }
     if cfg.display.kind != "none" {
-        log::error!(
-            "display.kind = {:?}: no display driver in this build yet; display off",
-            cfg.display.kind
-        );
+        match display::open(&cfg.display.kind, &cfg.display.path) {
+            Ok(panel) => out.push(Box::new(display::DisplayOutput::new(panel))),
+            Err(e) => log::error!("display off: {e:#}"),
+        }
     }
     if cfg.leds.kind != "none" {
-        log::error!(
-            "leds.kind = {:?}: no LED driver in this build yet; LEDs off",
-            cfg.leds.kind
-        );
+        match leds::open(&cfg.leds) {
+            Ok(l) => out.push(Box::new(l)),
+            Err(e) => log::error!("LEDs off: {e:#}"),
+        }
     }
     out
 }

@@ -87,7 +87,7 @@ pub struct EngineSection {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DisplayConfig {
-    /// none | png | fb | ssd1306
+    /// none | png (320x240 colour) | png-oled (128x64 mono) | fb | ssd1306
     pub kind: String,
     /// png: output file; fb: framebuffer device; ssd1306: I2C bus device.
     pub path: String,
@@ -325,7 +325,7 @@ impl Config {
         one_of(
             "display.kind",
             &self.display.kind,
-            &["none", "png", "fb", "ssd1306"],
+            &["none", "png", "png-oled", "fb", "ssd1306"],
         )?;
         if self.display.kind != "none" && self.display.path.is_empty() {
             bail!(

@@ -357,7 +357,7 @@ fn opener(cfg: &Config, opts: &RunOptions) -> Box<dyn CameraOpener> {
     }
 }
 
-fn camera_name(state: &CameraState) -> &'static str {
+pub(crate) fn camera_name(state: &CameraState) -> &'static str {
     match state {
         CameraState::Opening => "opening",
         CameraState::Streaming(_) => "streaming",
