@@ -459,3 +459,33 @@ fn eval_of_a_folder_without_classes_is_one_clear_error() {
     assert_eq!(errors.len(), 1, "{}", stderr(&o));
     assert!(errors[0].contains("real/ or fake/"), "{errors:?}");
 }
+
+/// `--cropped`: every image is one aligned face, so even a blank crop is scored (no detector
+/// to miss it), one frame per image.
+#[test]
+fn eval_cropped_scores_every_image_without_detection() {
+    let dir = scratch("eval-cropped");
+    let img = image::open(repo().join("samples/astronaut.png")).unwrap();
+    for (class, i) in [("real", 0), ("real", 1), ("fake", 2), ("fake", 3)] {
+        std::fs::create_dir_all(dir.join(class)).unwrap();
+        let crop = img.crop_imm(150 + 10 * i, 40, 200, 200);
+        crop.save(dir.join(format!("{class}/{i}.png"))).unwrap();
+    }
+    image::RgbImage::from_pixel(112, 112, image::Rgb([128, 128, 128]))
+        .save(dir.join("fake/blank.png"))
+        .unwrap();
+    let json = dir.join("e.json");
+    let o = veriface(&[
+        "eval",
+        dir.to_str().unwrap(),
+        "--cropped",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["video"]["items"], 5);
+    assert_eq!(report["frame"]["items"], 5);
+    assert_eq!(report["no_face"].as_array().unwrap().len(), 0);
+}

@@ -141,6 +141,89 @@ fn run_on_a_file_prints_verdicts_writes_status_and_records_and_stops_on_sigterm(
     );
     assert_eq!(kinds.last().map(String::as_str), Some("stop"), "{kinds:?}");
     assert!(kinds.iter().any(|k| k == "face"), "{kinds:?}");
+    let faces = kinds.iter().filter(|k| *k == "face").count();
+
+    // CSV carries the same records, and stats count them.
+    let o = bin()
+        .args(["log", "decode", "--csv"])
+        .arg(dir.join("records"))
+        .output()
+        .unwrap();
+    let csv = String::from_utf8(o.stdout).unwrap();
+    assert!(csv.starts_with("time,wall_ms,"), "{csv}");
+    assert_eq!(csv.lines().count(), kinds.len() + 1);
+    let o = bin()
+        .args(["log", "stats", "--json"])
+        .arg(dir.join("records"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stats: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(stats["records"], kinds.len());
+    assert_eq!(stats["starts"], 1);
+    assert_eq!(stats["stops"], 1);
+    let per_verdict: u64 = stats["per_verdict"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(per_verdict as usize, faces);
+}
+
+/// SIGHUP re-reads the config without dropping the camera; a broken edit is refused and the
+/// running config kept.
+#[test]
+fn sighup_reloads_the_config_and_keeps_running() {
+    let dir = scratch("hup");
+    let config = dir.join("veriface.toml");
+    std::fs::copy(repo().join("cross/veriface.toml"), &config).unwrap();
+    let mut c = bin();
+    c.env("RUST_LOG", "info")
+        .args([
+            "run",
+            "--source",
+            "samples/astronaut_zoom.mp4",
+            "--loop",
+            "--quiet",
+        ])
+        .arg("--config")
+        .arg(&config)
+        .arg("--records")
+        .arg(dir.join("records"))
+        .arg("--status")
+        .arg(dir.join("status.json"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    wait_for("analysed frames", Duration::from_secs(60), || {
+        status(&dir).is_some_and(|s| s["frames"].as_u64().unwrap_or(0) >= 3)
+    });
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("window = 15", "window = 9")).unwrap();
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(800));
+    std::fs::write(&config, "[verdict]\nwindow = 0\n").unwrap();
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(800));
+    let frames_before = status(&dir).unwrap()["frames"].as_u64().unwrap();
+    wait_for("frames after the reloads", Duration::from_secs(30), || {
+        status(&dir).is_some_and(|s| s["frames"].as_u64().unwrap_or(0) > frames_before)
+    });
+    assert_eq!(status(&dir).unwrap()["camera_outages"], 0);
+    assert!(terminate(&mut child).success());
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains("SIGHUP:") && err.contains("re-read"), "{err}");
+    assert!(
+        err.contains("config rejected, keeping the running one"),
+        "{err}"
+    );
 }
 
 #[test]
