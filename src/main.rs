@@ -567,12 +567,7 @@ fn analyze(cli: &Cli, args: &AnalyzeArgs) -> Result<ExitCode> {
                         &title,
                         &dir.join(format!("{stem}_deepfake.png")),
                     )?;
-                    let classes = engine
-                        .analyzer
-                        .emotion
-                        .as_ref()
-                        .map(|e| e.classes.clone())
-                        .unwrap_or_default();
+                    let classes = engine.emotion_classes();
                     plot::emotion_plot(
                         &frames,
                         &classes,

@@ -82,6 +82,15 @@ impl Engine {
         })
     }
 
+    /// The emotion model's class names (empty without one).
+    pub fn emotion_classes(&self) -> Vec<String> {
+        self.analyzer
+            .emotion
+            .as_ref()
+            .map(|e| e.classes.clone())
+            .unwrap_or_default()
+    }
+
     pub fn stream(&self) -> Stream<'_> {
         self.stream_with(self.config.verdict.clone())
     }

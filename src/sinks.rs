@@ -9,6 +9,9 @@ pub mod plot;
 pub mod records;
 pub mod report;
 
+use std::fs::File;
+use std::path::Path;
+
 use crate::daemon::config::Config;
 use crate::daemon::Output;
 
@@ -35,4 +38,21 @@ pub fn outputs(cfg: &Config) -> Vec<Box<dyn Output>> {
         }
     }
     out
+}
+
+/// Open a device node read-write; a missing node or a missing permission is one line with the
+/// remedy (`missing`: what to check; `group`: the group that grants access).
+pub(crate) fn open_device(path: &Path, missing: &str, group: &str) -> anyhow::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => anyhow::anyhow!("{}: {missing}", path.display()),
+            std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
+                "{}: permission denied (add the user to the {group} group)",
+                path.display()
+            ),
+            _ => anyhow::anyhow!("{}: cannot open: {e}", path.display()),
+        })
 }

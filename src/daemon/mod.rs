@@ -180,12 +180,7 @@ fn spawn_analysis(
                             .iter()
                             .map(|(k, m)| (k.clone(), m.sha256.clone()))
                             .collect();
-                        let classes = engine
-                            .analyzer
-                            .emotion
-                            .as_ref()
-                            .map(|e| e.classes.clone())
-                            .unwrap_or_default();
+                        let classes = engine.emotion_classes();
                         let _ = out.send(AnalysisMsg::Loaded {
                             backend: engine.backend,
                             models,

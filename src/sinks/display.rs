@@ -351,20 +351,11 @@ struct FbFixScreeninfo {
 impl FramebufferPanel {
     pub fn open(path: &Path) -> Result<Self> {
         use std::os::fd::AsRawFd;
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => anyhow::anyhow!(
-                    "{}: no such framebuffer (is a display attached and its driver loaded?)",
-                    path.display()
-                ),
-                std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
-                    "{}: permission denied (add the user to the video group)",
-                    path.display()
-                ),
-                _ => anyhow::anyhow!("{}: cannot open: {e}", path.display()),
-            })?;
+        let file = super::open_device(
+            path,
+            "no such framebuffer (is a display attached and its driver loaded?)",
+            "video",
+        )?;
         let mut var = FbVarScreeninfo::default();
         // SAFETY: the fd is open and `var` is the kernel's fb_var_screeninfo layout.
         if unsafe { libc::ioctl(file.as_raw_fd(), FBIOGET_VSCREENINFO as _, &mut var) } != 0 {
@@ -469,21 +460,11 @@ impl Ssd1306Panel {
     pub fn open(path: &Path) -> Result<Self> {
         use ssd1306::prelude::*;
         // Opened once by hand first: the driver's error type does not say why an open failed.
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => anyhow::anyhow!(
-                    "{}: no such I2C bus (enable I2C, e.g. dtparam=i2c_arm=on on a Pi)",
-                    path.display()
-                ),
-                std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
-                    "{}: permission denied (add the user to the i2c group)",
-                    path.display()
-                ),
-                _ => anyhow::anyhow!("{}: cannot open: {e}", path.display()),
-            })?;
+        super::open_device(
+            path,
+            "no such I2C bus (enable I2C, e.g. dtparam=i2c_arm=on on a Pi)",
+            "i2c",
+        )?;
         let i2c = linux_embedded_hal::I2cdev::new(path)
             .map_err(|e| anyhow::anyhow!("{}: not an I2C bus: {e}", path.display()))?;
         let interface = ssd1306::I2CDisplayInterface::new(i2c);

@@ -219,21 +219,11 @@ const GPIOHANDLE_SET_LINE_VALUES_IOCTL: libc::c_ulong = iowr(0x09, size_of::<Gpi
 impl CdevPin {
     pub fn open(chip: &Path, line: u32, active_low: bool) -> Result<Self> {
         use std::os::fd::{AsRawFd, FromRawFd};
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(chip)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => anyhow::anyhow!(
-                    "{}: no such GPIO chip (`ls /dev/gpiochip*` lists them; set leds.chip)",
-                    chip.display()
-                ),
-                std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
-                    "{}: permission denied (add the user to the gpio group)",
-                    chip.display()
-                ),
-                _ => anyhow::anyhow!("{}: cannot open: {e}", chip.display()),
-            })?;
+        let file = super::open_device(
+            chip,
+            "no such GPIO chip (`ls /dev/gpiochip*` lists them; set leds.chip)",
+            "gpio",
+        )?;
         let mut req = GpioHandleRequest {
             lineoffsets: [0; GPIOHANDLES_MAX],
             flags: GPIOHANDLE_REQUEST_OUTPUT
