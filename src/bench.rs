@@ -114,16 +114,16 @@ pub fn run(
         ));
     }
     // Backbone forms, on the same crop, whatever the manifest holds.
-    let backend = crate::infer::tract::TractBackend;
+    let backend = crate::infer::open_backend(&engine.config.backend, engine.config.threads)?;
     for key in ["backbone", "backbone_int8_qdq", "backbone_int8_qop"] {
         let Some(spec) = engine.manifest.models.get(key) else {
             continue;
         };
-        let model = crate::infer::Backend::load(&backend, &engine.manifest, key)?;
+        let model = backend.load(&engine.manifest, key)?;
         let crop = crate::analysis::CropSpec::from_model(spec)?;
         let input = crop.tensor(frame, &det);
         rows.push(row(
-            &format!("{key} (tract)"),
+            &format!("{key} ({})", model.provider()),
             time(iterations, || model.run(std::slice::from_ref(&input)))?,
         ));
     }

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
+use veriface::infer::accel::Provider;
+use veriface::infer::BackendChoice;
 use veriface::pipeline::{Engine, EngineConfig, FrameResult};
 use veriface::sinks::{plot, report};
 use veriface::source::{self, MediaKind};
@@ -22,8 +24,38 @@ struct Cli {
     /// Model manifest (default: $VERIFACE_MODELS/manifest.toml, ./models, or the installed models)
     #[arg(long, global = true, value_name = "FILE")]
     models: Option<PathBuf>,
+    /// Inference backend for analyze, eval, bench and models (the daemon reads its config)
+    #[arg(long, global = true, value_enum, default_value = "tract")]
+    backend: BackendArg,
+    /// ONNX Runtime execution providers, tried in order (with --backend onnxruntime|auto)
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "tensorrt,cuda,cpu"
+    )]
+    providers: Vec<ProviderArg>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendArg {
+    /// Pure Rust, every board
+    Tract,
+    /// ONNX Runtime (libonnxruntime.so from $ORT_DYLIB_PATH or the usual places); needs a
+    /// build with --features tensorrt; fails if no provider comes up
+    Onnxruntime,
+    /// ONNX Runtime where the build has it, a GPU and the library are found; else tract
+    Auto,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProviderArg {
+    Tensorrt,
+    Cuda,
+    Cpu,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -40,8 +72,11 @@ enum Command {
     Analyze(AnalyzeArgs),
     /// Metrics on a labelled set: DIR/real and DIR/fake (images, videos, folders of frames)
     Eval(EvalArgs),
-    /// Check the model manifest: every file present, sha256 matching, loadable by tract
-    Models,
+    /// Check the model manifest: every file present, sha256 matching, loadable by the backend
+    Models {
+        #[command(subcommand)]
+        action: Option<ModelsAction>,
+    },
     /// Per-stage latency and end-to-end frames per second on a clip (single thread)
     Bench(BenchArgs),
     /// The daemon: capture from the camera (or --source), analyse every face live
@@ -87,6 +122,17 @@ enum LogCommand {
         /// Print JSON
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsAction {
+    /// Load every model through the daemon's configured backend and run it once, so TensorRT
+    /// builds and caches its engines now (install scripts) rather than at the first start
+    Prepare {
+        /// Daemon config file ([engine] backend and threads, [onnxruntime])
+        #[arg(long, default_value = veriface::daemon::config::DEFAULT_CONFIG, value_name = "FILE")]
+        config: PathBuf,
     },
 }
 
@@ -222,7 +268,13 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Analyze(args) => analyze(&cli, args),
         Command::Eval(args) => eval(&cli, args),
-        Command::Models => models(&cli),
+        Command::Models { action: None } => {
+            let cfg = engine_config(&cli, Range::Short, 0.5);
+            models(&cfg, false)
+        }
+        Command::Models {
+            action: Some(ModelsAction::Prepare { config }),
+        } => models_prepare(&cli, config),
         Command::Bench(args) => {
             let mut config = engine_config(&cli, Range::Short, 0.5);
             config.deepfake = args.deepfake_model.clone();
@@ -254,6 +306,25 @@ fn engine_config(cli: &Cli, range: Range, threshold: f32) -> EngineConfig {
     }
     .into();
     cfg.verdict.threshold = threshold;
+    let opts = veriface::infer::accel::OrtOptions {
+        providers: cli
+            .providers
+            .iter()
+            .map(|p| match p {
+                ProviderArg::Tensorrt => Provider::Tensorrt,
+                ProviderArg::Cuda => Provider::Cuda,
+                ProviderArg::Cpu => Provider::Cpu,
+            })
+            .collect(),
+        // Asked for on the command line: a provider that does not come up is an error.
+        fallback: veriface::infer::accel::Fallback::Fail,
+        ..Default::default()
+    };
+    cfg.backend = match cli.backend {
+        BackendArg::Tract => BackendChoice::Tract,
+        BackendArg::Onnxruntime => BackendChoice::Onnxruntime(opts),
+        BackendArg::Auto => BackendChoice::Auto(opts),
+    };
     cfg
 }
 
@@ -456,16 +527,44 @@ fn config_check(files: &[PathBuf]) -> Result<ExitCode> {
     })
 }
 
-fn models(cli: &Cli) -> Result<ExitCode> {
-    let cfg = engine_config(cli, Range::Short, 0.5);
+fn models_prepare(cli: &Cli, config: &Path) -> Result<ExitCode> {
+    let daemon_cfg = veriface::daemon::config::Config::load(config)?;
+    let mut cfg = engine_config(cli, Range::Short, 0.5);
+    if cli.models.is_none() {
+        cfg.manifest = daemon_cfg.models_path();
+    }
+    cfg.backend = daemon_cfg.backend_choice();
+    cfg.threads = daemon_cfg.engine.threads as usize;
+    models(&cfg, true)
+}
+
+/// Loads every manifest model through the chosen backend and says what runs it; `warm` also
+/// runs each once (TensorRT engine build) and times load + first run.
+fn models(cfg: &EngineConfig, warm: bool) -> Result<ExitCode> {
     let manifest = veriface::manifest::Manifest::load(&cfg.manifest)?;
-    let backend = veriface::infer::tract::TractBackend;
+    let backend = veriface::infer::open_backend(&cfg.backend, cfg.threads)?;
     let mut failed = false;
     for (key, spec) in &manifest.models {
-        match veriface::infer::Backend::load(&backend, &manifest, key) {
-            Ok(_) => println!(
-                "ok    {key:26} {:44} {} ({})",
-                spec.file, spec.licence, spec.task
+        let started = std::time::Instant::now();
+        let loaded = backend.load(&manifest, key).and_then(|m| {
+            if warm {
+                veriface::infer::warm_up(m.as_ref(), &manifest, key)?;
+            }
+            Ok(m)
+        });
+        match loaded {
+            Ok(m) if warm => println!(
+                "ok    {key:26} {:26} {:>7.0} ms  {}",
+                m.provider(),
+                started.elapsed().as_secs_f64() * 1e3,
+                spec.file
+            ),
+            Ok(m) => println!(
+                "ok    {key:26} {:44} {:10} {} ({})",
+                spec.file,
+                m.provider(),
+                spec.licence,
+                spec.task
             ),
             Err(e) => {
                 failed = true;
@@ -609,7 +708,7 @@ fn analyze(cli: &Cli, args: &AnalyzeArgs) -> Result<ExitCode> {
     if let Some(path) = &args.json {
         let run = report::RunReport {
             version: env!("CARGO_PKG_VERSION"),
-            backend: engine.backend,
+            backend: &engine.backend,
             detector: &engine.config.detector,
             models: engine
                 .manifest

@@ -9,8 +9,7 @@ use serde::Serialize;
 
 use crate::analysis::{Analyzer, EmotionScore, FaceAnalysis, DEEPFAKE_KEY};
 use crate::face::{BoxF, FaceDetector, Tracker};
-use crate::infer::tract::TractBackend;
-use crate::infer::Backend;
+use crate::infer::{open_backend, Backend, BackendChoice, Model};
 use crate::manifest::Manifest;
 use crate::source::TimedFrame;
 use crate::verdict::{median, Label, TrackVerdict, Verdict, VerdictConfig};
@@ -27,6 +26,9 @@ pub struct EngineConfig {
     /// Tracker: minimum IoU to continue a track, frames a track may go unseen.
     pub track_iou: f64,
     pub track_max_missed: u64,
+    pub backend: BackendChoice,
+    /// Inference threads per model (ONNX Runtime; tract runs single-threaded).
+    pub threads: usize,
 }
 
 impl Default for EngineConfig {
@@ -38,6 +40,8 @@ impl Default for EngineConfig {
             verdict: VerdictConfig::default(),
             track_iou: 0.3,
             track_max_missed: 10,
+            backend: BackendChoice::Tract,
+            threads: 1,
         }
     }
 }
@@ -48,13 +52,65 @@ pub struct Engine {
     pub detector: FaceDetector,
     pub analyzer: Analyzer,
     pub config: EngineConfig,
-    pub backend: &'static str,
+    /// `tract`, or ONNX Runtime with the provider(s) that really run the models.
+    pub backend: String,
+    /// Manifest key -> what runs it (`tract` or an ONNX Runtime execution provider).
+    pub providers: Vec<(String, String)>,
+}
+
+/// Loads through a backend and notes what really runs each model; models not on tract get one
+/// warm-up run here, so lazy engine builds happen before the daemon says READY.
+struct Recording<'a> {
+    inner: &'a dyn Backend,
+    seen: std::cell::RefCell<Vec<(String, String)>>,
+}
+
+impl Backend for Recording<'_> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn load(&self, manifest: &Manifest, key: &str) -> Result<Box<dyn Model>> {
+        let model = self.inner.load(manifest, key)?;
+        if model.provider() != "tract" {
+            let took = crate::infer::warm_up(model.as_ref(), manifest, key)?;
+            log::info!(
+                "{key}: warm-up {:.0} ms on {}",
+                took.as_secs_f64() * 1e3,
+                model.provider()
+            );
+        }
+        self.seen
+            .borrow_mut()
+            .push((key.to_string(), model.provider().to_string()));
+        Ok(model)
+    }
+}
+
+/// One word when every model runs on the same thing, else key=provider pairs.
+fn backend_summary(providers: &[(String, String)]) -> String {
+    let first = providers
+        .first()
+        .map(|(_, p)| p.as_str())
+        .unwrap_or("tract");
+    if providers.iter().all(|(_, p)| p == first) {
+        return match first {
+            "tract" => "tract".into(),
+            p => format!("onnxruntime:{p}"),
+        };
+    }
+    let pairs: Vec<String> = providers.iter().map(|(k, p)| format!("{k}={p}")).collect();
+    format!("mixed ({})", pairs.join(", "))
 }
 
 impl Engine {
     pub fn load(config: EngineConfig) -> Result<Engine> {
         let manifest = Manifest::load(&config.manifest)?;
-        let backend = TractBackend;
+        let opened = open_backend(&config.backend, config.threads)?;
+        let backend = Recording {
+            inner: opened.as_ref(),
+            seen: Default::default(),
+        };
         let det_spec = manifest
             .detector
             .get(&config.detector)
@@ -73,12 +129,14 @@ impl Engine {
         )?;
         let analyzer = Analyzer::load(&backend, &manifest, &config.deepfake)?;
         config.verdict.validate().map_err(|e| anyhow::anyhow!(e))?;
+        let providers = backend.seen.take();
         Ok(Engine {
             manifest,
             detector,
             analyzer,
             config,
-            backend: backend.name(),
+            backend: backend_summary(&providers),
+            providers,
         })
     }
 

@@ -336,3 +336,58 @@ fn bad_config_and_missing_source_give_one_line_naming_the_cause() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("no-such-clip.mp4"), "{err}");
 }
+
+#[test]
+fn onnxruntime_that_cannot_start_is_one_clear_error_or_a_loud_tract_fallback() {
+    let dir = scratch("ort-config");
+    let config = dir.join("veriface.toml");
+    let write = |fallback: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[engine]\nbackend = \"onnxruntime\"\n[onnxruntime]\nlibrary = \
+                 \"/nonexistent/ort/libonnxruntime.so\"\nfallback = \"{fallback}\"\n\
+                 providers = [\"cpu\"]\n"
+            ),
+        )
+        .unwrap();
+    };
+    write("fail");
+    let o = bin()
+        .args(["models", "prepare", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let cause = if cfg!(feature = "tensorrt") {
+        "/nonexistent/ort/libonnxruntime.so"
+    } else {
+        "--features tensorrt"
+    };
+    assert!(err.contains(cause), "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error")).count(),
+        1,
+        "{err}"
+    );
+
+    write("tract");
+    let o = bin()
+        .args(["models", "prepare", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{out}{err}");
+    assert!(err.contains("NOT USED") && err.contains(cause), "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("ok    emotion") && l.contains("tract")),
+        "{out}"
+    );
+}

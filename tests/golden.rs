@@ -182,13 +182,6 @@ fn models_say_what_they_should() {
     assert_eq!(golden["emotion_top"], "happy");
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (na * nb).max(f32::MIN_POSITIVE)
-}
-
 fn argmax(values: &[f32]) -> usize {
     values
         .iter()

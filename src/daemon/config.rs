@@ -27,6 +27,7 @@ pub struct Config {
     pub status: StatusConfig,
     pub watchdog: WatchdogConfig,
     pub privacy: PrivacyConfig,
+    pub onnxruntime: crate::infer::accel::OrtOptions,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -66,8 +67,11 @@ impl DetectorRange {
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     Tract,
-    Tensorrt,
-    /// TensorRT where the library and a GPU are found, tract otherwise.
+    /// ONNX Runtime with the `[onnxruntime]` providers (TensorRT -> CUDA -> CPU by default);
+    /// `tensorrt` is the same backend under the name board profiles use.
+    #[serde(alias = "tensorrt")]
+    Onnxruntime,
+    /// ONNX Runtime where the build has it, a GPU answers and the library is found; else tract.
     Auto,
 }
 
@@ -160,6 +164,7 @@ impl Default for Config {
             status: StatusConfig::default(),
             watchdog: WatchdogConfig::default(),
             privacy: PrivacyConfig::default(),
+            onnxruntime: Default::default(),
         }
     }
 }
@@ -268,6 +273,16 @@ fn one_of(name: &str, v: &str, allowed: &[&str]) -> Result<()> {
 }
 
 impl Config {
+    /// The backend to build from `engine.backend` and `[onnxruntime]`.
+    pub fn backend_choice(&self) -> crate::infer::BackendChoice {
+        use crate::infer::BackendChoice;
+        match self.engine.backend {
+            BackendKind::Tract => BackendChoice::Tract,
+            BackendKind::Onnxruntime => BackendChoice::Onnxruntime(self.onnxruntime.clone()),
+            BackendKind::Auto => BackendChoice::Auto(self.onnxruntime.clone()),
+        }
+    }
+
     /// Parse and check; the error names the file and the key.
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
@@ -318,6 +333,9 @@ impl Config {
         positive("camera.reopen_max_s", c.reopen_max_s)?;
         if !(1..=64).contains(&self.engine.threads) {
             bail!("engine.threads = {}: 1 to 64", self.engine.threads);
+        }
+        if self.engine.backend != BackendKind::Tract {
+            self.onnxruntime.validate()?;
         }
         self.verdict
             .validate()

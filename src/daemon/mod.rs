@@ -30,7 +30,7 @@ use crate::source::v4l2::V4l2Opener;
 use crate::source::TimedFrame;
 use crate::verdict::Label;
 
-use config::{BackendKind, Config};
+use config::Config;
 use notify::Notifier;
 use status::{LastVerdict, StageMs, Status};
 
@@ -114,23 +114,13 @@ impl Latest {
 }
 
 fn engine_config(cfg: &Config) -> Result<EngineConfig> {
-    match cfg.engine.backend {
-        BackendKind::Tract | BackendKind::Auto => {}
-        BackendKind::Tensorrt => bail!(
-            "engine.backend = \"tensorrt\": this build has no TensorRT backend (use \"tract\" or \"auto\")"
-        ),
-    }
-    if cfg.engine.threads > 1 {
-        log::warn!(
-            "engine.threads = {}: tract runs single-threaded in this build",
-            cfg.engine.threads
-        );
-    }
     Ok(EngineConfig {
         manifest: cfg.models_path(),
         detector: cfg.engine.detector.manifest_key().into(),
         deepfake: cfg.engine.deepfake_model.clone(),
         verdict: cfg.verdict.clone(),
+        backend: cfg.backend_choice(),
+        threads: cfg.engine.threads as usize,
         ..EngineConfig::default()
     })
 }
@@ -150,7 +140,8 @@ struct Analysed {
 
 enum AnalysisMsg {
     Loaded {
-        backend: &'static str,
+        backend: String,
+        providers: Vec<(String, String)>,
         models: Vec<(String, String)>,
         classes: Vec<String>,
     },
@@ -182,7 +173,8 @@ fn spawn_analysis(
                             .collect();
                         let classes = engine.emotion_classes();
                         let _ = out.send(AnalysisMsg::Loaded {
-                            backend: engine.backend,
+                            backend: engine.backend.clone(),
+                            providers: engine.providers.clone(),
                             models,
                             classes,
                         });
@@ -446,12 +438,13 @@ pub fn run(
         snapshots,
     );
     // Models first: a broken model set is a start-up error, not a camera loop.
-    let (backend, models, classes) = match analysis_rx.recv() {
+    let (backend, providers, models, classes) = match analysis_rx.recv() {
         Ok(AnalysisMsg::Loaded {
             backend,
+            providers,
             models,
             classes,
-        }) => (backend, models, classes),
+        }) => (backend, providers, models, classes),
         Ok(AnalysisMsg::Failed(e)) => {
             let _ = analysis.join();
             bail!("{e}");
@@ -481,7 +474,8 @@ pub fn run(
         state: "starting".into(),
         camera: "opening".into(),
         camera_detail: source_name.clone(),
-        backend: backend.into(),
+        backend,
+        providers: providers.into_iter().collect(),
         records: if cfg.records.enabled {
             cfg.records.dir.clone()
         } else {

@@ -36,6 +36,9 @@ pub struct Status {
     pub camera_detail: String,
     pub camera_outages: u64,
     pub backend: String,
+    /// Manifest key -> what really runs it (`tract` or an ONNX Runtime execution provider).
+    #[serde(default)]
+    pub providers: std::collections::BTreeMap<String, String>,
     /// Frames analysed per second (recent), and frames captured but skipped as stale.
     pub fps: f64,
     pub frames: u64,
@@ -86,6 +89,18 @@ impl Status {
             "speed    {:.1} fps, {} frames, {} stale frames skipped, backend {}\n",
             self.fps, self.frames, self.dropped, self.backend
         );
+        if self.providers.values().any(|p| p != "tract") {
+            let runs: Vec<String> = self
+                .providers
+                .iter()
+                .map(|(k, p)| format!("{k}={p}"))
+                .collect();
+            s += &format!(
+                "models   {}
+",
+                runs.join("  ")
+            );
+        }
         let m = &self.stage_ms;
         s +=
             &format!(

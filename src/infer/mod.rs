@@ -1,8 +1,11 @@
 //! Inference backends. The pipeline talks to [`Model`]; each backend turns a manifest entry into one.
 
+pub mod accel;
+#[cfg(feature = "tensorrt")]
+pub mod ort;
 pub mod tract;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 use crate::manifest::Manifest;
 
@@ -31,10 +34,94 @@ impl Tensor {
 pub trait Model: Send + Sync {
     /// Run with inputs in the model's order; outputs in the manifest's order.
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>>;
+
+    /// What really runs it: `tract`, or the ONNX Runtime execution provider that came up.
+    fn provider(&self) -> &str {
+        "tract"
+    }
 }
 
-/// Something that can load manifest models (tract everywhere; ONNX Runtime + TensorRT later).
+/// Something that can load manifest models: tract everywhere, ONNX Runtime (TensorRT, CUDA)
+/// in builds with the `tensorrt` feature.
 pub trait Backend {
     fn name(&self) -> &'static str;
     fn load(&self, manifest: &Manifest, key: &str) -> Result<Box<dyn Model>>;
+}
+
+/// One run on zeros of the manifest's input shapes: TensorRT builds (or loads) its engine
+/// lazily, so this moves that cost to start-up. Returns how long it took.
+pub fn warm_up(model: &dyn Model, manifest: &Manifest, key: &str) -> Result<std::time::Duration> {
+    let spec = manifest.model(key)?;
+    let zeros: Vec<Tensor> = std::iter::once(&spec.input)
+        .chain(spec.extra_inputs.iter())
+        .map(|i| Tensor::zeros(&i.shape))
+        .collect();
+    let started = std::time::Instant::now();
+    model
+        .run(&zeros)
+        .map_err(|e| anyhow::anyhow!("{key}: warm-up run failed: {e:#}"))?;
+    Ok(started.elapsed())
+}
+
+/// Which backend to build, from the config (`engine.backend` and `[onnxruntime]`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum BackendChoice {
+    #[default]
+    Tract,
+    Onnxruntime(accel::OrtOptions),
+    /// ONNX Runtime where this build has it, a GPU answers and the library is installed.
+    Auto(accel::OrtOptions),
+}
+
+/// Inference threads per model (tract runs single-threaded; ONNX Runtime's intra-op pool).
+pub fn open_backend(choice: &BackendChoice, threads: usize) -> Result<Box<dyn Backend>> {
+    let built_with_ort = cfg!(feature = "tensorrt");
+    let opts = match choice {
+        BackendChoice::Tract => return Ok(Box::new(tract::TractBackend)),
+        BackendChoice::Onnxruntime(opts) => opts,
+        BackendChoice::Auto(opts) => {
+            let env = std::env::var("ORT_DYLIB_PATH").ok();
+            let library = accel::find_library(&opts.library, env.as_deref());
+            let gpu = accel::gpu_present(std::path::Path::new("/"));
+            match accel::choose_auto(built_with_ort, library, gpu) {
+                accel::AutoChoice::Tract(why) => {
+                    log::info!("backend auto: tract ({why})");
+                    return Ok(Box::new(tract::TractBackend));
+                }
+                accel::AutoChoice::Onnxruntime(lib) => {
+                    log::info!("backend auto: ONNX Runtime from {}", lib.display());
+                    opts
+                }
+            }
+        }
+    };
+    opts.validate()?;
+    open_onnxruntime(opts, threads)
+}
+
+#[cfg(feature = "tensorrt")]
+fn open_onnxruntime(opts: &accel::OrtOptions, threads: usize) -> Result<Box<dyn Backend>> {
+    match ort::OrtBackend::open(opts, threads) {
+        Ok(backend) => Ok(Box::new(backend)),
+        Err(e) => ort_unavailable(opts, format!("{e:#}")),
+    }
+}
+
+#[cfg(not(feature = "tensorrt"))]
+fn open_onnxruntime(opts: &accel::OrtOptions, _threads: usize) -> Result<Box<dyn Backend>> {
+    ort_unavailable(
+        opts,
+        "this build has no ONNX Runtime backend (rebuild with `--features tensorrt`)".into(),
+    )
+}
+
+/// ONNX Runtime was asked for and cannot run at all: loud, then as `fallback` says.
+fn ort_unavailable(opts: &accel::OrtOptions, why: String) -> Result<Box<dyn Backend>> {
+    match opts.fallback {
+        accel::Fallback::Fail => bail!("{why}"),
+        accel::Fallback::Tract => {
+            log::error!("ONNX RUNTIME NOT USED, every model runs on the CPU under tract: {why}");
+            Ok(Box::new(tract::TractBackend))
+        }
+    }
 }

@@ -106,7 +106,7 @@ pub struct FileReport<'a> {
 #[derive(Serialize)]
 pub struct RunReport<'a> {
     pub version: &'static str,
-    pub backend: &'static str,
+    pub backend: &'a str,
     pub detector: &'a str,
     pub models: Vec<ModelId<'a>>,
     pub files: Vec<serde_json::Value>,

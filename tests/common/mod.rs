@@ -73,3 +73,10 @@ pub fn max_excess(a: &[f32], b: &[f32], rel: f32) -> f32 {
         .map(|(x, y)| (x - y).abs() - rel * y.abs())
         .fold(f32::MIN, f32::max)
 }
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb).max(f32::MIN_POSITIVE)
+}
