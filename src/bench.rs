@@ -42,6 +42,38 @@ fn time<T>(iterations: u32, mut f: impl FnMut() -> Result<T>) -> Result<Vec<Dura
     Ok(v)
 }
 
+/// One manifest model on zero inputs: load time, then `iterations` timed runs (no warm-up run,
+/// so an instruction count over N runs is exactly load + N inferences).
+pub fn one_model(
+    config: &EngineConfig,
+    key: &str,
+    iterations: u32,
+    json: bool,
+) -> Result<std::process::ExitCode> {
+    let manifest = crate::manifest::Manifest::load(&config.manifest)?;
+    let t = Instant::now();
+    let backend = crate::infer::open_backend(&config.backend, config.threads)?;
+    let model = backend.load(&manifest, key)?;
+    let load = t.elapsed();
+    let spec = manifest.model(key)?;
+    let inputs: Vec<crate::infer::Tensor> = std::iter::once(&spec.input)
+        .chain(spec.extra_inputs.iter())
+        .map(|i| crate::infer::Tensor::zeros(&i.shape))
+        .collect();
+    let mut runs = Vec::with_capacity(iterations as usize);
+    for _ in 0..iterations {
+        let t = Instant::now();
+        model.run(&inputs)?;
+        runs.push(t.elapsed());
+    }
+    let rows = vec![
+        row(&format!("{key} load ({})", model.provider()), vec![load]),
+        row(&format!("{key} run ({})", model.provider()), runs),
+    ];
+    print_rows(&rows, None, json)?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 pub fn run(
     config: EngineConfig,
     clip: &Path,
@@ -138,29 +170,37 @@ pub fn run(
         "end to end per frame (no decode)",
         vec![e2e / frames.len() as u32],
     ));
+    print_rows(&rows, Some((clip, frames.len(), fps)), json)?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// A table, or JSON for tools; `clip` adds the end-to-end line.
+fn print_rows(rows: &[StageRow], clip: Option<(&Path, usize, f64)>, json: bool) -> Result<()> {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({"clip": clip, "frames": frames.len(), "fps": fps, "stages": rows})
-            )?
-        );
-    } else {
-        println!(
-            "{:36} {:>9} {:>9} {:>9} {:>6}",
-            "stage", "mean ms", "p50 ms", "p90 ms", "runs"
-        );
-        for r in &rows {
-            println!(
-                "{:36} {:>9.2} {:>9.2} {:>9.2} {:>6}",
-                r.stage, r.mean_ms, r.p50_ms, r.p90_ms, r.runs
-            );
+        let mut doc = serde_json::json!({ "stages": rows });
+        if let Some((clip, frames, fps)) = clip {
+            doc["clip"] = serde_json::json!(clip);
+            doc["frames"] = serde_json::json!(frames);
+            doc["fps"] = serde_json::json!(fps);
         }
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    println!(
+        "{:36} {:>9} {:>9} {:>9} {:>6}",
+        "stage", "mean ms", "p50 ms", "p90 ms", "runs"
+    );
+    for r in rows {
         println!(
-            "end to end: {fps:.1} frames/s over {} frames of {} (one thread)",
-            frames.len(),
+            "{:36} {:>9.2} {:>9.2} {:>9.2} {:>6}",
+            r.stage, r.mean_ms, r.p50_ms, r.p90_ms, r.runs
+        );
+    }
+    if let Some((clip, frames, fps)) = clip {
+        println!(
+            "end to end: {fps:.1} frames/s over {frames} frames of {} (one thread)",
             clip.display()
         );
     }
-    Ok(std::process::ExitCode::SUCCESS)
+    Ok(())
 }

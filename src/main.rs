@@ -260,6 +260,10 @@ struct BenchArgs {
     /// Manifest key of the frame deepfake model to time
     #[arg(long, default_value = "deepfake", value_name = "KEY")]
     deepfake_model: String,
+    /// Time only this manifest model on zero inputs (load, then --iterations runs): for
+    /// instruction counting under qemu (benches/arm) and per-model comparisons
+    #[arg(long, value_name = "KEY")]
+    model: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -278,7 +282,10 @@ fn main() -> ExitCode {
         Command::Bench(args) => {
             let mut config = engine_config(&cli, Range::Short, 0.5);
             config.deepfake = args.deepfake_model.clone();
-            veriface::bench::run(config, &args.clip, args.iterations, args.json)
+            match &args.model {
+                Some(key) => veriface::bench::one_model(&config, key, args.iterations, args.json),
+                None => veriface::bench::run(config, &args.clip, args.iterations, args.json),
+            }
         }
         Command::Run(args) => run(&cli, args),
         Command::Status { file, config, json } => status(file.as_deref(), config, *json),
