@@ -41,7 +41,11 @@ for a in "${arches[@]}"; do
     rustup target add "$t" >/dev/null
     # bindgen (V4L2 bindings) must read the target's kernel headers, not the host's.
     var="BINDGEN_EXTRA_CLANG_ARGS_${t//-/_}"
-    [ "$a" = x86_64 ] || export "$var=--sysroot=/usr/${GNU[$a]} -I/usr/${GNU[$a]}/include"
+    if [ "$a" = x86_64 ]; then
+        export "$var=-I/usr/include -I/usr/include/x86_64-linux-gnu"
+    else
+        export "$var=--sysroot=/usr/${GNU[$a]} -I/usr/${GNU[$a]}/include"
+    fi
     cargo zigbuild --release --locked --target "$t.$GLIBC"
     bin=target/$t/release/veriface
     file "$bin"

@@ -269,6 +269,14 @@ struct BenchArgs {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        // One-shot commands piped into `head` or `grep -q` should end quietly like any Unix
+        // tool, not panic on a closed stdout. The daemon keeps ignoring SIGPIPE.
+        // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match &cli.command {
         Command::Analyze(args) => analyze(&cli, args),
         Command::Eval(args) => eval(&cli, args),
