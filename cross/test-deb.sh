@@ -21,6 +21,10 @@ in_root dpkg --purge veriface >/dev/null 2>&1 || true
 rm -rf "$root/var/lib/veriface"
 
 cp "$deb" "$root/tmp/veriface.deb"
+# The same package with a higher version, so the upgrade path (prerm upgrade, new postinst) runs.
+rm -rf target/deb-upgrade && dpkg-deb -R "$deb" target/deb-upgrade
+sed -i 's/^Version: .*/&+upgradetest/' target/deb-upgrade/DEBIAN/control
+dpkg-deb -b target/deb-upgrade "$root/tmp/veriface-next.deb" >/dev/null
 in_root dpkg -i /tmp/veriface.deb >/dev/null
 check "binary runs in the root" "in_root veriface --version | grep veriface >/dev/null"
 check "models found through the installed manifest" "in_root env VERIFACE_MODELS=/usr/share/veriface/models veriface models | grep '^ok    deepfake ' >/dev/null"
@@ -34,7 +38,8 @@ check "records folder owned by veriface" "[ \$(in_root stat -c %U /var/lib/verif
 
 echo 'device_id = "kiosk-7"' >> "$root/etc/veriface/veriface.toml"
 echo "record bytes" > "$root/var/lib/veriface/records/veriface-000001.vfr"
-in_root dpkg -i --force-confold /tmp/veriface.deb >/dev/null
+in_root dpkg -i /tmp/veriface-next.deb >/dev/null
+check "upgraded" "in_root dpkg-query -W -f='\${Version}' veriface | grep upgradetest >/dev/null"
 check "upgrade keeps the edited config" "grep -q kiosk-7 $root/etc/veriface/veriface.toml"
 check "upgrade keeps the records" "[ -s $root/var/lib/veriface/records/veriface-000001.vfr ]"
 
