@@ -42,11 +42,13 @@ for a in "${arches[@]}"; do
     # bindgen (V4L2 bindings) must read the target's kernel headers, not the host's.
     var="BINDGEN_EXTRA_CLANG_ARGS_${t//-/_}"
     if [ "$a" = x86_64 ]; then
-        export "$var=-I/usr/include -I/usr/include/x86_64-linux-gnu"
+        # Native build against this machine's glibc: under zigbuild, bindgen loses the host's
+        # /usr/include (videodev2.h), so the 2.31 floor covers the ARM targets only.
+        cargo build --release --locked --target "$t"
     else
         export "$var=--sysroot=/usr/${GNU[$a]} -I/usr/${GNU[$a]}/include"
+        cargo zigbuild --release --locked --target "$t.$GLIBC"
     fi
-    cargo zigbuild --release --locked --target "$t.$GLIBC"
     bin=target/$t/release/veriface
     file "$bin"
     echo "size: $(stat -c %s "$bin") bytes (stripped)"
