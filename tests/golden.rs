@@ -31,23 +31,7 @@ fn every_model_matches_onnxruntime() {
         let model = TractBackend
             .load(&m, key)
             .unwrap_or_else(|e| panic!("{key}: {e:#}"));
-        // One input ("input") or several in model order ("inputs", e.g. a GRU's features and h).
-        let names: Vec<&str> = match case.get("inputs") {
-            Some(list) => list
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_str().unwrap())
-                .collect(),
-            None => vec![case["input"].as_str().unwrap()],
-        };
-        let inputs: Vec<Tensor> = names
-            .iter()
-            .map(|n| {
-                let (shape, data) = read_npy(&golden_dir().join(n));
-                Tensor::new(shape, data)
-            })
-            .collect();
+        let inputs = golden_inputs(case);
         let outputs = model.run(&inputs).unwrap();
         let spec = m.model(key).unwrap();
         for (i, name) in spec.outputs.iter().enumerate() {

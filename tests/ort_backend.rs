@@ -44,7 +44,7 @@ mod with_library {
     use super::*;
     use veriface::infer::accel::Provider;
     use veriface::infer::tract::TractBackend;
-    use veriface::infer::{Backend, Tensor};
+    use veriface::infer::Backend;
 
     /// $ORT_DYLIB_PATH, else the wheel in the model tools' venv; None says why not.
     fn library() -> Option<String> {
@@ -112,22 +112,7 @@ mod with_library {
             eprintln!("{key}: runs on {}", ort_model.provider());
             assert!(!ort_model.provider().is_empty() && ort_model.provider() != "tract");
             let tract_model = TractBackend.load(&m, key).unwrap();
-            let names: Vec<&str> = match case.get("inputs") {
-                Some(list) => list
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_str().unwrap())
-                    .collect(),
-                None => vec![case["input"].as_str().unwrap()],
-            };
-            let inputs: Vec<Tensor> = names
-                .iter()
-                .map(|n| {
-                    let (shape, data) = read_npy(&golden_dir().join(n));
-                    Tensor::new(shape, data)
-                })
-                .collect();
+            let inputs = golden_inputs(case);
             let ours = ort_model.run(&inputs).unwrap();
             let tract = tract_model.run(&inputs).unwrap();
             let spec = m.model(key).unwrap();

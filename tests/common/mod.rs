@@ -80,3 +80,24 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
     dot / (na * nb).max(f32::MIN_POSITIVE)
 }
+
+/// A golden.json model case's input tensors: one ("input") or several in model order
+/// ("inputs", e.g. a GRU's features and hidden state).
+pub fn golden_inputs(case: &serde_json::Value) -> Vec<veriface::infer::Tensor> {
+    let names: Vec<&str> = match case.get("inputs") {
+        Some(list) => list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect(),
+        None => vec![case["input"].as_str().unwrap()],
+    };
+    names
+        .iter()
+        .map(|n| {
+            let (shape, data) = read_npy(&golden_dir().join(n));
+            veriface::infer::Tensor::new(shape, data)
+        })
+        .collect()
+}
