@@ -40,14 +40,15 @@ for a in "${arches[@]}"; do
     t=${TRIPLE[$a]}
     rustup target add "$t" >/dev/null
     # bindgen (V4L2 bindings) must read the target's kernel headers, not the host's.
-    var="BINDGEN_EXTRA_CLANG_ARGS_${t//-/_}"
     if [ "$a" = x86_64 ]; then
         # Native build against this machine's glibc: under zigbuild, bindgen loses the host's
         # /usr/include (videodev2.h), so the 2.31 floor covers the ARM targets only.
         cargo build --release --locked --target "$t"
     else
-        export "$var=--sysroot=/usr/${GNU[$a]} -I/usr/${GNU[$a]}/include"
-        cargo zigbuild --release --locked --target "$t.$GLIBC"
+        # zigbuild sets the underscore form of this variable itself; bindgen reads the
+        # dash form first, so the target's headers win.
+        env "BINDGEN_EXTRA_CLANG_ARGS_$t=--sysroot=/usr/${GNU[$a]} -I/usr/${GNU[$a]}/include" \
+            cargo zigbuild --release --locked --target "$t.$GLIBC"
     fi
     bin=target/$t/release/veriface
     file "$bin"
