@@ -55,11 +55,7 @@ pub fn one_model(
     let backend = crate::infer::open_backend(&config.backend, config.threads)?;
     let model = backend.load(&manifest, key)?;
     let load = t.elapsed();
-    let spec = manifest.model(key)?;
-    let inputs: Vec<crate::infer::Tensor> = std::iter::once(&spec.input)
-        .chain(spec.extra_inputs.iter())
-        .map(|i| crate::infer::Tensor::zeros(&i.shape))
-        .collect();
+    let inputs = crate::infer::zero_inputs(&manifest, key)?;
     let mut runs = Vec::with_capacity(iterations as usize);
     for _ in 0..iterations {
         let t = Instant::now();

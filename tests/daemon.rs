@@ -17,6 +17,15 @@ fn bin() -> Command {
     c
 }
 
+/// Everything left in a child's output pipe.
+fn drain(pipe: Option<impl Read>) -> String {
+    let mut text = String::new();
+    pipe.expect("pipe was captured")
+        .read_to_string(&mut text)
+        .unwrap();
+    text
+}
+
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("veriface-daemon-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -97,20 +106,8 @@ fn run_on_a_file_prints_verdicts_writes_status_and_records_and_stops_on_sigterm(
 
     let exit = terminate(&mut child);
     assert!(exit.success(), "exit {exit:?}");
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
     let lines: Vec<&str> = out.lines().filter(|l| l.contains(" face ")).collect();
     assert!(
         !lines.is_empty(),
@@ -212,13 +209,7 @@ fn sighup_reloads_the_config_and_keeps_running() {
     });
     assert_eq!(status(&dir).unwrap()["camera_outages"], 0);
     assert!(terminate(&mut child).success());
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = drain(child.stderr.take());
     assert!(err.contains("SIGHUP:") && err.contains("re-read"), "{err}");
     assert!(
         err.contains("config rejected, keeping the running one"),
@@ -242,13 +233,7 @@ fn systemd_is_told_ready_and_stopping() {
         seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
     }
     let exit = terminate(&mut child);
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = drain(child.stderr.take());
     assert!(exit.success(), "{exit:?}: {err}");
     socket
         .set_read_timeout(Some(Duration::from_millis(500)))

@@ -48,14 +48,19 @@ pub trait Backend {
     fn load(&self, manifest: &Manifest, key: &str) -> Result<Box<dyn Model>>;
 }
 
+/// Zeros of every input shape the manifest gives for `key`, in the model's input order.
+pub fn zero_inputs(manifest: &Manifest, key: &str) -> Result<Vec<Tensor>> {
+    let spec = manifest.model(key)?;
+    Ok(std::iter::once(&spec.input)
+        .chain(spec.extra_inputs.iter())
+        .map(|i| Tensor::zeros(&i.shape))
+        .collect())
+}
+
 /// One run on zeros of the manifest's input shapes: TensorRT builds (or loads) its engine
 /// lazily, so this moves that cost to start-up. Returns how long it took.
 pub fn warm_up(model: &dyn Model, manifest: &Manifest, key: &str) -> Result<std::time::Duration> {
-    let spec = manifest.model(key)?;
-    let zeros: Vec<Tensor> = std::iter::once(&spec.input)
-        .chain(spec.extra_inputs.iter())
-        .map(|i| Tensor::zeros(&i.shape))
-        .collect();
+    let zeros = zero_inputs(manifest, key)?;
     let started = std::time::Instant::now();
     model
         .run(&zeros)

@@ -82,10 +82,6 @@ impl OrtBackend {
         })
     }
 
-    pub fn library(&self) -> &std::path::Path {
-        &self.library
-    }
-
     /// Providers the loaded libonnxruntime.so was compiled with.
     pub fn compiled_in(&self) -> &[Provider] {
         &self.available
