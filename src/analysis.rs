@@ -165,7 +165,7 @@ pub struct EmotionModel {
 }
 
 /// What the analysis stage says about one face in one frame.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct FaceAnalysis {
     /// Frame-level fake probability; None when no deepfake model is installed.
     pub deepfake: Option<f32>,

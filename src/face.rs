@@ -251,6 +251,8 @@ pub struct Track {
     pub detection: Detection,
     pub last_seen: u64,
     pub hits: u32,
+    /// Box corner motion per frame (xmin, ymin, xmax, ymax), from the last two detections.
+    pub velocity: [f64; 4],
 }
 
 /// Greedy IoU tracker: each detection joins the overlapping track it matches best, or starts one.
@@ -259,6 +261,8 @@ pub struct Tracker {
     next_id: u32,
     min_iou: f64,
     max_missed_frames: u64,
+    /// The frame of the last `update`: tracks seen then are the live faces.
+    last_update: Option<u64>,
 }
 
 impl Tracker {
@@ -268,6 +272,7 @@ impl Tracker {
             next_id: 1,
             min_iou,
             max_missed_frames,
+            last_update: None,
         }
     }
 
@@ -291,6 +296,14 @@ impl Tracker {
             }
             track_used[t] = true;
             let track = &mut self.tracks[t];
+            let gap = frame_no.saturating_sub(track.last_seen).max(1) as f64;
+            let (old, new) = (&track.detection.bbox, &detections[d].bbox);
+            track.velocity = [
+                (new.xmin - old.xmin) / gap,
+                (new.ymin - old.ymin) / gap,
+                (new.xmax - old.xmax) / gap,
+                (new.ymax - old.ymax) / gap,
+            ];
             track.detection = detections[d].clone();
             track.last_seen = frame_no;
             track.hits += 1;
@@ -305,6 +318,7 @@ impl Tracker {
                     detection: detections[d].clone(),
                     last_seen: frame_no,
                     hits: 1,
+                    velocity: [0.0; 4],
                 });
                 *slot = Some(id);
             }
@@ -312,10 +326,41 @@ impl Tracker {
         let max_missed = self.max_missed_frames;
         self.tracks
             .retain(|t| frame_no.saturating_sub(t.last_seen) <= max_missed);
+        self.last_update = Some(frame_no);
         assigned
             .into_iter()
             .flatten()
             .zip(detections.iter().cloned())
+            .collect()
+    }
+}
+
+impl Tracker {
+    /// The faces of the last detection, moved on at their last velocity to `frame_no`: what the
+    /// pipeline uses on the frames between detector runs. Keypoints move with the box.
+    pub fn predict(&self, frame_no: u64) -> Vec<(u32, Detection)> {
+        let Some(updated) = self.last_update else {
+            return Vec::new();
+        };
+        let ahead = frame_no.saturating_sub(updated) as f64;
+        self.tracks
+            .iter()
+            .filter(|t| t.last_seen == updated)
+            .map(|t| {
+                let mut det = t.detection.clone();
+                let v = t.velocity;
+                let b = &mut det.bbox;
+                b.xmin += v[0] * ahead;
+                b.ymin += v[1] * ahead;
+                b.xmax += v[2] * ahead;
+                b.ymax += v[3] * ahead;
+                let (dx, dy) = ((v[0] + v[2]) / 2.0 * ahead, (v[1] + v[3]) / 2.0 * ahead);
+                for k in det.keypoints.iter_mut() {
+                    k.0 += dx;
+                    k.1 += dy;
+                }
+                (t.id, det)
+            })
             .collect()
     }
 }
@@ -388,6 +433,25 @@ mod tests {
         tracker.update(5, &[det(1.0, 1.0, 10.0, 0.9)]);
         let c = tracker.update(6, &[det(1.0, 1.0, 10.0, 0.9), det(102.0, 1.0, 10.0, 0.9)]);
         assert_eq!(c.iter().map(|p| p.0).collect::<Vec<_>>(), vec![1, 3]);
+    }
+
+    #[test]
+    fn prediction_moves_live_faces_at_their_velocity_and_drops_lost_ones() {
+        let mut tracker = Tracker::new(0.3, 10);
+        assert!(tracker.predict(0).is_empty(), "nothing detected yet");
+        tracker.update(0, &[det(0.0, 0.0, 10.0, 0.9), det(100.0, 0.0, 10.0, 0.9)]);
+        // Detector every 3 frames: face 1 moved 3 px right, face 2 is gone.
+        tracker.update(3, &[det(3.0, 0.0, 10.0, 0.9)]);
+        let p = tracker.predict(5);
+        assert_eq!(
+            p.len(),
+            1,
+            "only faces seen at the last detection are predicted"
+        );
+        assert_eq!(p[0].0, 1);
+        let b = p[0].1.bbox;
+        assert!((b.xmin - 5.0).abs() < 1e-9 && (b.xmax - 15.0).abs() < 1e-9);
+        assert!(b.ymin.abs() < 1e-9);
     }
 
     #[test]

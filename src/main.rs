@@ -244,6 +244,10 @@ struct AnalyzeArgs {
     /// Print only the verdict blocks, not a line per frame
     #[arg(long, short)]
     quiet: bool,
+    /// The daemon's realtime schedule: the detector on every 3rd frame and a face re-analysed
+    /// only when it changed (default: every model on every analysed frame)
+    #[arg(long)]
+    realtime: bool,
 }
 
 #[derive(clap::Args)]
@@ -260,6 +264,9 @@ struct BenchArgs {
     /// Manifest key of the frame deepfake model to time
     #[arg(long, default_value = "deepfake", value_name = "KEY")]
     deepfake_model: String,
+    /// Inference threads (tract's matrix-multiply pool, or ONNX Runtime's intra-op pool)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    threads: u16,
     /// Time only this manifest model on zero inputs (load, then --iterations runs): for
     /// instruction counting under qemu (benches/arm) and per-model comparisons
     #[arg(long, value_name = "KEY")]
@@ -290,6 +297,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => {
             let mut config = engine_config(&cli, Range::Short, 0.5);
             config.deepfake = args.deepfake_model.clone();
+            config.threads = args.threads as usize;
             match &args.model {
                 Some(key) => veriface::bench::one_model(&config, key, args.iterations, args.json),
                 None => veriface::bench::run(config, &args.clip, args.iterations, args.json),
@@ -656,6 +664,9 @@ fn analyze(cli: &Cli, args: &AnalyzeArgs) -> Result<ExitCode> {
     }
     let mut config = engine_config(cli, args.detector, args.threshold);
     config.deepfake = args.deepfake_model.clone();
+    if args.realtime {
+        config.schedule = veriface::daemon::config::DAEMON_SCHEDULE;
+    }
     let engine = Engine::load(config)?;
     let mut json_files = Vec::new();
     let stdout = std::io::stdout();

@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::analysis::{Analyzer, EmotionScore, FaceAnalysis, DEEPFAKE_KEY};
-use crate::face::{BoxF, FaceDetector, Tracker};
+use crate::face::{square_region, BoxF, Detection, FaceDetector, Tracker};
+use crate::frame::{crop_resize_into, Colour, Frame, Normalise};
 use crate::infer::{open_backend, Backend, BackendChoice, Model};
 use crate::manifest::Manifest;
 use crate::source::TimedFrame;
@@ -29,6 +30,42 @@ pub struct EngineConfig {
     pub backend: BackendChoice,
     /// Inference threads per model (ONNX Runtime; tract runs single-threaded).
     pub threads: usize,
+    pub schedule: Schedule,
+}
+
+/// Which frames run which models: the realtime pipeline's savings. `Schedule::EVERY_FRAME`
+/// (analyze, eval) runs every model on every frame.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Schedule {
+    /// Run the face detector on every Nth frame; in between, tracks move on at their velocity.
+    pub detect_every: u32,
+    /// Re-run the analysis models (frame model, GRU, emotion) on a tracked face only when its
+    /// 16x16 grey thumbnail changed by more than this mean absolute difference, in grey levels
+    /// (0-255); otherwise the face keeps its last analysis. 0 analyses every frame.
+    pub min_change: f32,
+    /// ...but at least once every this many frames of the track, changed or not.
+    pub max_reuse: u32,
+}
+
+impl Schedule {
+    pub const EVERY_FRAME: Schedule = Schedule {
+        detect_every: 1,
+        min_change: 0.0,
+        max_reuse: 0,
+    };
+
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=30).contains(&self.detect_every) {
+            anyhow::bail!("detect_every = {}: 1 to 30", self.detect_every);
+        }
+        if !(0.0..=64.0).contains(&self.min_change) {
+            anyhow::bail!("min_change = {}: 0 to 64 grey levels", self.min_change);
+        }
+        if self.max_reuse > 300 {
+            anyhow::bail!("max_reuse = {}: 0 to 300 frames", self.max_reuse);
+        }
+        Ok(())
+    }
 }
 
 impl Default for EngineConfig {
@@ -42,6 +79,7 @@ impl Default for EngineConfig {
             track_max_missed: 10,
             backend: BackendChoice::Tract,
             threads: 1,
+            schedule: Schedule::EVERY_FRAME,
         }
     }
 }
@@ -105,6 +143,8 @@ fn backend_summary(providers: &[(String, String)]) -> String {
 
 impl Engine {
     pub fn load(config: EngineConfig) -> Result<Engine> {
+        config.verdict.validate().map_err(|e| anyhow::anyhow!(e))?;
+        config.schedule.validate()?;
         let manifest = Manifest::load(&config.manifest)?;
         let opened = open_backend(&config.backend, config.threads)?;
         let backend = Recording {
@@ -128,7 +168,6 @@ impl Engine {
             manifest.model(&config.detector)?,
         )?;
         let analyzer = Analyzer::load(&backend, &manifest, &config.deepfake)?;
-        config.verdict.validate().map_err(|e| anyhow::anyhow!(e))?;
         let providers = backend.seen.take();
         Ok(Engine {
             manifest,
@@ -162,6 +201,7 @@ impl Engine {
             frames: 0,
             frames_with_faces: 0,
             timings: StageTimings::default(),
+            schedule: self.config.schedule.clone(),
         }
     }
 }
@@ -173,9 +213,31 @@ pub struct StageTimings {
     pub deepfake: Duration,
     pub temporal: Duration,
     pub emotion: Duration,
+    /// Frames the detector ran on, and face analyses run or reused.
+    pub detector_runs: u64,
+    pub analyses: u64,
+    pub reused: u64,
+}
+
+impl StageTimings {
+    /// What was spent after `before` (an earlier copy of the same stream's timings).
+    pub fn since(&self, before: &StageTimings) -> StageTimings {
+        StageTimings {
+            detect: self.detect.saturating_sub(before.detect),
+            deepfake: self.deepfake.saturating_sub(before.deepfake),
+            temporal: self.temporal.saturating_sub(before.temporal),
+            emotion: self.emotion.saturating_sub(before.emotion),
+            detector_runs: self.detector_runs - before.detector_runs,
+            analyses: self.analyses - before.analyses,
+            reused: self.reused - before.reused,
+        }
+    }
 }
 
 struct TrackState {
+    /// The last analysis, the thumbnail it was made from and frames since.
+    last: Option<(FaceAnalysis, Vec<f32>)>,
+    reused_for: u32,
     verdict: TrackVerdict,
     hidden: Option<Vec<f32>>,
     temporal: Option<f32>,
@@ -192,6 +254,8 @@ pub struct FaceResult {
     pub bbox: BoxF,
     #[serde(flatten)]
     pub analysis: FaceAnalysis,
+    /// False where the schedule kept the face's last analysis (no model ran for it this frame).
+    pub analysed: bool,
     pub verdict: Verdict,
 }
 
@@ -230,15 +294,28 @@ pub struct Stream<'a> {
     frames: u64,
     frames_with_faces: u64,
     pub timings: StageTimings,
+    schedule: Schedule,
 }
 
 impl Stream<'_> {
+    /// This stream with another schedule (the bench compares them on one engine).
+    pub fn with_schedule(mut self, schedule: Schedule) -> Self {
+        self.schedule = schedule;
+        self
+    }
+
     pub fn process(&mut self, tf: &TimedFrame) -> Result<FrameResult> {
         let engine = self.engine;
-        let t = Instant::now();
-        let detections = engine.detector.detect(&tf.frame)?;
-        self.timings.detect += t.elapsed();
-        let tracked = self.tracker.update(tf.index, &detections);
+        let schedule = &self.schedule;
+        let tracked = if self.frames % schedule.detect_every as u64 == 0 {
+            let t = Instant::now();
+            let detections = engine.detector.detect(&tf.frame)?;
+            self.timings.detect += t.elapsed();
+            self.timings.detector_runs += 1;
+            self.tracker.update(tf.index, &detections)
+        } else {
+            self.tracker.predict(tf.index)
+        };
         self.frames += 1;
         if !tracked.is_empty() {
             self.frames_with_faces += 1;
@@ -248,6 +325,8 @@ impl Stream<'_> {
             let verdict_cfg = &self.verdict;
             let temporal_model = engine.analyzer.temporal.as_ref();
             let state = self.tracks.entry(id).or_insert_with(|| TrackState {
+                last: None,
+                reused_for: 0,
                 verdict: TrackVerdict::new(verdict_cfg.clone()),
                 hidden: temporal_model.map(|m| m.initial_state()),
                 temporal: None,
@@ -255,41 +334,53 @@ impl Stream<'_> {
                 emotions: Vec::new(),
                 frames: 0,
             });
-            let t = Instant::now();
-            let frame_score = engine.analyzer.deepfake_frame(&tf.frame, &det)?;
-            self.timings.deepfake += t.elapsed();
-            let mut temporal = None;
-            if let (Some((_, features)), Some(model), Some(hidden)) =
-                (&frame_score, temporal_model, state.hidden.as_mut())
-            {
-                let t = Instant::now();
-                temporal = Some(model.step(features, hidden)?);
-                self.timings.temporal += t.elapsed();
-            }
-            let t = Instant::now();
-            let emotion: Option<EmotionScore> = engine.analyzer.emotion(&tf.frame, &det)?;
-            self.timings.emotion += t.elapsed();
-            let probability = frame_score.as_ref().map(|f| f.0);
-            let verdict = state.verdict.push(probability);
+            let thumbnail = if schedule.min_change > 0.0 {
+                face_thumbnail(&tf.frame, &det)
+            } else {
+                Vec::new()
+            };
+            let keep = match &state.last {
+                Some((_, before)) if schedule.min_change > 0.0 => {
+                    let change = mean_abs_difference(before, &thumbnail);
+                    log::debug!(
+                        "frame {} track {id}: thumbnail change {change:.2}",
+                        tf.index
+                    );
+                    state.reused_for < schedule.max_reuse && change <= schedule.min_change
+                }
+                _ => false,
+            };
+            let analysis = if keep {
+                state.reused_for += 1;
+                self.timings.reused += 1;
+                state
+                    .last
+                    .as_ref()
+                    .map(|(a, _)| a.clone())
+                    .unwrap_or_default()
+            } else {
+                let analysis = analyse(engine, &mut self.timings, &tf.frame, &det, state)?;
+                if schedule.min_change > 0.0 {
+                    state.last = Some((analysis.clone(), thumbnail));
+                }
+                state.reused_for = 0;
+                self.timings.analyses += 1;
+                analysis
+            };
+            let verdict = state.verdict.push(analysis.deepfake);
             state.frames += 1;
-            if let Some(p) = probability {
+            if let Some(p) = analysis.deepfake {
                 state.probabilities.push(p);
             }
-            if let Some(e) = &emotion {
+            if let Some(e) = &analysis.emotion {
                 state.emotions.push(e.index);
-            }
-            if temporal.is_some() {
-                state.temporal = temporal;
             }
             faces.push(FaceResult {
                 track: id,
                 score: det.score,
                 bbox: det.bbox,
-                analysis: FaceAnalysis {
-                    deepfake: probability,
-                    temporal,
-                    emotion,
-                },
+                analysis,
+                analysed: !keep,
                 verdict,
             });
         }
@@ -369,4 +460,67 @@ impl Stream<'_> {
             emotions,
         }
     }
+}
+
+/// Run the analysis models on one face: frame model, one GRU step on its features, emotion.
+fn analyse(
+    engine: &Engine,
+    timings: &mut StageTimings,
+    frame: &Frame,
+    det: &Detection,
+    state: &mut TrackState,
+) -> Result<FaceAnalysis> {
+    let t = Instant::now();
+    let frame_score = engine.analyzer.deepfake_frame(frame, det)?;
+    timings.deepfake += t.elapsed();
+    let mut temporal = None;
+    if let (Some((_, features)), Some(model), Some(hidden)) = (
+        &frame_score,
+        engine.analyzer.temporal.as_ref(),
+        state.hidden.as_mut(),
+    ) {
+        let t = Instant::now();
+        temporal = Some(model.step(features, hidden)?);
+        timings.temporal += t.elapsed();
+        state.temporal = temporal;
+    }
+    let t = Instant::now();
+    let emotion: Option<EmotionScore> = engine.analyzer.emotion(frame, det)?;
+    timings.emotion += t.elapsed();
+    Ok(FaceAnalysis {
+        deepfake: frame_score.as_ref().map(|f| f.0),
+        temporal,
+        emotion,
+    })
+}
+
+/// Side of the grey thumbnail the change gate compares.
+const THUMBNAIL_SIDE: usize = 16;
+
+/// The face box's square region, shrunk with the pipeline's
+/// antialiased resize to 16x16 grey: averaging ~100+ pixels per cell keeps sensor noise well
+/// below one grey level, so the gate reacts to motion and expression, not to noise.
+fn face_thumbnail(frame: &Frame, det: &Detection) -> Vec<f32> {
+    let region = square_region(&det.bbox, 1.0);
+    let mut out = vec![0f32; THUMBNAIL_SIDE * THUMBNAIL_SIDE];
+    crop_resize_into(
+        frame,
+        region,
+        THUMBNAIL_SIDE,
+        THUMBNAIL_SIDE,
+        Colour::Grey,
+        Normalise {
+            mean: 0.0,
+            std: 1.0,
+        },
+        &mut out,
+    );
+    out
+}
+
+fn mean_abs_difference(a: &[f32], b: &[f32]) -> f32 {
+    if a.len() != b.len() || a.is_empty() {
+        return f32::INFINITY;
+    }
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32
 }

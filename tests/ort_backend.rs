@@ -111,7 +111,7 @@ mod with_library {
             // The CPU wheel has neither TensorRT nor CUDA: the provider that ran must say CPU.
             eprintln!("{key}: runs on {}", ort_model.provider());
             assert!(!ort_model.provider().is_empty() && ort_model.provider() != "tract");
-            let tract_model = TractBackend.load(&m, key).unwrap();
+            let tract_model = TractBackend::new(1).load(&m, key).unwrap();
             let inputs = golden_inputs(case);
             let ours = ort_model.run(&inputs).unwrap();
             let tract = tract_model.run(&inputs).unwrap();

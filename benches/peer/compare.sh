@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # veriface against its peer (benches/peer/peer.py: the same ONNX files under onnxruntime, one
 # thread, the same numpy preprocessing, the same frames), stage by stage and end to end.
-#   bash benches/peer/compare.sh [--clip FILE] [--iterations N]
-# Ratio = veriface ms / peer ms (below 1: veriface is faster). Timings, so run on an idle machine.
+#   bash benches/peer/compare.sh [--clip FILE] [--iterations N] [--threads N] [--memory-seconds S]
+# Ratio = veriface ms / peer ms (below 1: veriface is faster). Then the daemon's cold start and
+# peak RSS (benches/run_memory.py; --memory-seconds 0 skips it). Timings: run on an idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 clip=samples/astronaut_zoom.mp4
 iterations=20
+threads=1
+memory_seconds=60
 while [ $# -gt 0 ]; do
     case $1 in
         --clip) clip=$2; shift 2 ;;
         --iterations) iterations=$2; shift 2 ;;
-        *) echo "usage: compare.sh [--clip FILE] [--iterations N]" >&2; exit 2 ;;
+        --threads) threads=$2; shift 2 ;;
+        --memory-seconds) memory_seconds=$2; shift 2 ;;
+        *) echo "usage: compare.sh [--clip FILE] [--iterations N] [--threads N] [--memory-seconds S]" >&2; exit 2 ;;
     esac
 done
 venv=target/peer-venv
@@ -20,7 +25,8 @@ if [ ! -x "$venv/bin/python" ]; then
     "$venv/bin/pip" install -q -r benches/peer/requirements.txt
 fi
 cargo build --release --locked -q
-target/release/veriface bench --clip "$clip" --iterations "$iterations" --json > target/bench-veriface.json
+target/release/veriface bench --clip "$clip" --iterations "$iterations" --threads "$threads" \
+    --json > target/bench-veriface.json
 "$venv/bin/python" benches/peer/peer.py --clip "$clip" --iterations "$iterations" --json > target/bench-peer.json
 python3 - target/bench-veriface.json target/bench-peer.json <<'PY'
 import json, sys
@@ -31,6 +37,14 @@ for s in peer["stages"]:
     name, theirs = s["stage"], s["mean_ms"]
     if name in mine:
         print(f"{name:36} {mine[name]:12.2f} {theirs:10.2f} {mine[name] / theirs:7.2f}")
-print(f'end to end: veriface {ours["fps"]:.1f} frames/s, peer {peer["fps"]:.1f} frames/s '
-      f'({peer["runtime"]}); ratio {peer["fps"] / ours["fps"]:.2f}x the peer\'s time')
+print(f'end to end, every model on every frame: veriface {ours["fps"]:.1f} frames/s '
+      f'({ours["threads"]} thread(s)), peer {peer["fps"]:.1f} frames/s ({peer["runtime"]}); '
+      f'ratio {peer["fps"] / ours["fps"]:.2f}x the peer\'s time')
+print(f'end to end, veriface realtime schedule: {ours["realtime_fps"]:.1f} frames/s '
+      f'(detector on {ours["realtime_detector_runs"]} of {ours["frames"]} frames, '
+      f'{ours["realtime_analyses"]} face analyses run, {ours["realtime_reused"]} kept); '
+      f'ratio {peer["fps"] / ours["realtime_fps"]:.2f}x the peer\'s time')
 PY
+if [ "$memory_seconds" != 0 ]; then
+    python3 benches/run_memory.py --clip "$clip" --seconds "$memory_seconds"
+fi

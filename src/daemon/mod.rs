@@ -121,6 +121,7 @@ fn engine_config(cfg: &Config) -> Result<EngineConfig> {
         verdict: cfg.verdict.clone(),
         backend: cfg.backend_choice(),
         threads: cfg.engine.threads as usize,
+        schedule: cfg.schedule(),
         ..EngineConfig::default()
     })
 }
@@ -218,13 +219,7 @@ fn spawn_analysis(
                             if let Some(dir) = &snapshots {
                                 save_snapshots(dir, &tf.frame, &result, &mut labels);
                             }
-                            let t = &stream.timings;
-                            let timings = StageTimings {
-                                detect: t.detect - before.detect,
-                                deepfake: t.deepfake - before.deepfake,
-                                temporal: t.temporal - before.temporal,
-                                emotion: t.emotion - before.emotion,
-                            };
+                            let timings = stream.timings.since(&before);
                             let msg = Analysed {
                                 result,
                                 timings,

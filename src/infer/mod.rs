@@ -78,11 +78,11 @@ pub enum BackendChoice {
     Auto(accel::OrtOptions),
 }
 
-/// Inference threads per model (tract runs single-threaded; ONNX Runtime's intra-op pool).
+/// `threads`: tract's matrix-multiply pool, or ONNX Runtime's intra-op pool per model.
 pub fn open_backend(choice: &BackendChoice, threads: usize) -> Result<Box<dyn Backend>> {
     let built_with_ort = cfg!(feature = "tensorrt");
     let opts = match choice {
-        BackendChoice::Tract => return Ok(Box::new(tract::TractBackend)),
+        BackendChoice::Tract => return Ok(Box::new(tract::TractBackend::new(threads))),
         BackendChoice::Onnxruntime(opts) => opts,
         BackendChoice::Auto(opts) => {
             let env = std::env::var("ORT_DYLIB_PATH").ok();
@@ -91,7 +91,7 @@ pub fn open_backend(choice: &BackendChoice, threads: usize) -> Result<Box<dyn Ba
             match accel::choose_auto(built_with_ort, library, gpu) {
                 accel::AutoChoice::Tract(why) => {
                     log::info!("backend auto: tract ({why})");
-                    return Ok(Box::new(tract::TractBackend));
+                    return Ok(Box::new(tract::TractBackend::new(threads)));
                 }
                 accel::AutoChoice::Onnxruntime(lib) => {
                     log::info!("backend auto: ONNX Runtime from {}", lib.display());
@@ -108,25 +108,30 @@ pub fn open_backend(choice: &BackendChoice, threads: usize) -> Result<Box<dyn Ba
 fn open_onnxruntime(opts: &accel::OrtOptions, threads: usize) -> Result<Box<dyn Backend>> {
     match ort::OrtBackend::open(opts, threads) {
         Ok(backend) => Ok(Box::new(backend)),
-        Err(e) => ort_unavailable(opts, format!("{e:#}")),
+        Err(e) => ort_unavailable(opts, threads, format!("{e:#}")),
     }
 }
 
 #[cfg(not(feature = "tensorrt"))]
-fn open_onnxruntime(opts: &accel::OrtOptions, _threads: usize) -> Result<Box<dyn Backend>> {
+fn open_onnxruntime(opts: &accel::OrtOptions, threads: usize) -> Result<Box<dyn Backend>> {
     ort_unavailable(
         opts,
+        threads,
         "this build has no ONNX Runtime backend (rebuild with `--features tensorrt`)".into(),
     )
 }
 
 /// ONNX Runtime was asked for and cannot run at all: loud, then as `fallback` says.
-fn ort_unavailable(opts: &accel::OrtOptions, why: String) -> Result<Box<dyn Backend>> {
+fn ort_unavailable(
+    opts: &accel::OrtOptions,
+    threads: usize,
+    why: String,
+) -> Result<Box<dyn Backend>> {
     match opts.fallback {
         accel::Fallback::Fail => bail!("{why}"),
         accel::Fallback::Tract => {
             log::error!("ONNX RUNTIME NOT USED, every model runs on the CPU under tract: {why}");
-            Ok(Box::new(tract::TractBackend))
+            Ok(Box::new(tract::TractBackend::new(threads)))
         }
     }
 }

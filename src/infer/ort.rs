@@ -206,7 +206,7 @@ impl Backend for OrtBackend {
                 log::error!(
                     "{key}: NO ONNX RUNTIME PROVIDER CAME UP, running under tract ({reason})"
                 );
-                TractBackend.load(manifest, key)
+                TractBackend::new(self.threads).load(manifest, key)
             }
             Outcome::Fail { reason } => {
                 bail!("{file}: no ONNX Runtime execution provider came up: {reason}")

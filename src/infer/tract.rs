@@ -6,11 +6,27 @@ use tract_onnx::prelude::*;
 use super::{Backend, Model, Tensor};
 use crate::manifest::Manifest;
 
-pub struct TractBackend;
+use tract_linalg::multithread::{multithread_tract_scope, Executor};
+
+/// tract with `threads` matrix-multiply threads (one rayon pool shared by its models).
+pub struct TractBackend {
+    executor: Executor,
+}
+
+impl TractBackend {
+    pub fn new(threads: usize) -> TractBackend {
+        let executor = match threads {
+            0 | 1 => Executor::SingleThread,
+            n => Executor::multithread_with_name(n, "veriface-mm"),
+        };
+        TractBackend { executor }
+    }
+}
 
 struct TractModel {
     plan: std::sync::Arc<TypedRunnableModel>,
     file: String,
+    executor: Executor,
 }
 
 impl Backend for TractBackend {
@@ -46,7 +62,11 @@ impl Backend for TractBackend {
             .map_err(fail)?
             .into_runnable()
             .map_err(fail)?;
-        Ok(Box::new(TractModel { plan, file }))
+        Ok(Box::new(TractModel {
+            plan,
+            file,
+            executor: self.executor.clone(),
+        }))
     }
 }
 
@@ -63,9 +83,7 @@ impl Model for TractModel {
             })
             .collect::<TractResult<_>>()
             .with_context(|| format!("{}: bad input shape", self.file))?;
-        let outputs = self
-            .plan
-            .run(values)
+        let outputs = multithread_tract_scope(self.executor.clone(), || self.plan.run(values))
             .with_context(|| format!("{}: inference failed", self.file))?;
         outputs
             .iter()
