@@ -1,4 +1,4 @@
-//! `veriface bench`: per-stage latency on real models, single thread, as a table or JSON.
+//! `veriface bench`: per-stage latency on real models, one thread or --threads N, as a table or JSON.
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -77,7 +77,7 @@ enum Command {
         #[command(subcommand)]
         action: Option<ModelsAction>,
     },
-    /// Per-stage latency and end-to-end frames per second on a clip (single thread)
+    /// Per-stage latency and end-to-end frames per second on a clip (--threads N, default one)
     Bench(BenchArgs),
     /// The daemon: capture from the camera (or --source), analyse every face live
     Run(RunArgs),

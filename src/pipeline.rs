@@ -28,7 +28,7 @@ pub struct EngineConfig {
     pub track_iou: f64,
     pub track_max_missed: u64,
     pub backend: BackendChoice,
-    /// Inference threads per model (ONNX Runtime; tract runs single-threaded).
+    /// Inference threads: tract's matrix-multiply pool, or ONNX Runtime's intra-op pool per model.
     pub threads: usize,
     pub schedule: Schedule,
 }
