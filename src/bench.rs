@@ -44,14 +44,16 @@ fn time<T>(iterations: u32, mut f: impl FnMut() -> Result<T>) -> Result<Vec<Dura
 }
 
 /// One manifest model on zero inputs: load time, then `iterations` timed runs (no warm-up run,
-/// so an instruction count over N runs is exactly load + N inferences).
+/// so an instruction count over N runs is exactly load + N inferences). `channels_last`
+/// overrides the manifest's tract convolution layout, to measure both.
 pub fn one_model(
     config: &EngineConfig,
     key: &str,
+    channels_last: Option<bool>,
     iterations: u32,
     json: bool,
 ) -> Result<std::process::ExitCode> {
-    let manifest = crate::manifest::Manifest::load(&config.manifest)?;
+    let manifest = model_manifest(config, key, channels_last)?;
     let t = Instant::now();
     let backend = crate::infer::open_backend(&config.backend, config.threads)?;
     let model = backend.load(&manifest, key)?;
@@ -71,10 +73,99 @@ pub fn one_model(
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// Every stage on the clip's first frame (`iterations` runs each), then the clip end to end
+/// `passes` times, each pass with a fresh stream (tracker, GRU state, schedule).
+fn model_manifest(
+    config: &EngineConfig,
+    key: &str,
+    channels_last: Option<bool>,
+) -> Result<crate::manifest::Manifest> {
+    let mut manifest = crate::manifest::Manifest::load(&config.manifest)?;
+    if let Some(channels_last) = channels_last {
+        manifest.model_mut(key)?.tract_channels_last = channels_last;
+    }
+    Ok(manifest)
+}
+
+/// Where one model's time goes under tract: per operator type, then the slowest nodes.
+pub fn profile_model(
+    config: &EngineConfig,
+    key: &str,
+    channels_last: Option<bool>,
+    iterations: u32,
+    json: bool,
+) -> Result<std::process::ExitCode> {
+    let manifest = model_manifest(config, key, channels_last)?;
+    let backend = crate::infer::tract::TractBackend::new(config.threads);
+    let nodes = backend.profile(&manifest, key, iterations)?;
+    let total: f64 = nodes.iter().map(|n| n.mean_ms).sum();
+    let mut ops: Vec<OpTime> = Vec::new();
+    for node in &nodes {
+        match ops.iter_mut().find(|o| o.op == node.op) {
+            Some(o) => {
+                o.nodes += 1;
+                o.mean_ms += node.mean_ms;
+            }
+            None => ops.push(OpTime {
+                op: node.op.clone(),
+                nodes: 1,
+                mean_ms: node.mean_ms,
+            }),
+        }
+    }
+    ops.sort_by(|a, b| b.mean_ms.total_cmp(&a.mean_ms));
+    let layout = match manifest.model(key)?.tract_channels_last {
+        true => "NHWC",
+        false => "NCHW",
+    };
+    if json {
+        let doc = serde_json::json!({
+            "model": key, "conv_layout": layout, "threads": config.threads, "runs": iterations,
+            "total_ms": total, "ops": ops, "nodes": nodes,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    println!(
+        "{key} under tract, convolutions {layout}, {} thread(s): {total:.2} ms per inference \
+         (sum of node times, mean of {iterations} runs)",
+        config.threads
+    );
+    println!(
+        "{:28} {:>6} {:>9} {:>6}",
+        "operator", "nodes", "mean ms", "share"
+    );
+    for o in &ops {
+        println!(
+            "{:28} {:>6} {:>9.3} {:>5.1}%",
+            o.op,
+            o.nodes,
+            o.mean_ms,
+            100.0 * o.mean_ms / total.max(f64::MIN_POSITIVE)
+        );
+    }
+    println!("slowest nodes:");
+    for n in nodes.iter().take(15) {
+        println!(
+            "{:>9.3} ms  {:20} {:?}  {}",
+            n.mean_ms, n.op, n.output_shape, n.name
+        );
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct OpTime {
+    op: String,
+    nodes: usize,
+    mean_ms: f64,
+}
+
 pub fn run(
     config: EngineConfig,
     clip: &Path,
     iterations: u32,
+    passes: u32,
     json: bool,
 ) -> Result<std::process::ExitCode> {
     let t = Instant::now();
@@ -157,13 +248,13 @@ pub fn run(
         ));
     }
     // End to end, like the peer: every model on every frame.
-    let every = end_to_end(&engine, &frames, Schedule::EVERY_FRAME)?;
+    let every = end_to_end(&engine, &frames, Schedule::EVERY_FRAME, passes)?;
     rows.push(row(
         "end to end per frame (no decode)",
         vec![every.per_frame],
     ));
     // The daemon's schedule: detector every 3rd frame, faces re-analysed when they changed.
-    let realtime = end_to_end(&engine, &frames, DAEMON_SCHEDULE)?;
+    let realtime = end_to_end(&engine, &frames, DAEMON_SCHEDULE, passes)?;
     rows.push(row(
         "end to end per frame, realtime schedule",
         vec![realtime.per_frame],
@@ -171,6 +262,7 @@ pub fn run(
     let summary = Summary {
         clip: clip.to_path_buf(),
         frames: frames.len(),
+        passes,
         threads: engine.config.threads,
         fps: every.fps,
         realtime_fps: realtime.fps,
@@ -189,17 +281,30 @@ struct EndToEnd {
     timings: StageTimings,
 }
 
-fn end_to_end(engine: &Engine, frames: &[TimedFrame], schedule: Schedule) -> Result<EndToEnd> {
-    let mut stream = engine.stream().with_schedule(schedule);
-    let t = Instant::now();
-    for f in frames {
-        stream.process(f)?;
+/// Mean time per frame over `passes` passes; the counts are those of one pass (every pass
+/// sees the same frames from the same fresh state, so they are equal).
+fn end_to_end(
+    engine: &Engine,
+    frames: &[TimedFrame],
+    schedule: Schedule,
+    passes: u32,
+) -> Result<EndToEnd> {
+    let mut took = Duration::ZERO;
+    let mut timings = StageTimings::default();
+    for _ in 0..passes.max(1) {
+        let mut stream = engine.stream().with_schedule(schedule);
+        let t = Instant::now();
+        for f in frames {
+            stream.process(f)?;
+        }
+        took += t.elapsed();
+        timings = stream.timings.clone();
     }
-    let took = t.elapsed();
+    let frames_run = (frames.len() * passes.max(1) as usize).max(1);
     Ok(EndToEnd {
-        per_frame: took / frames.len().max(1) as u32,
-        fps: frames.len() as f64 / took.as_secs_f64(),
-        timings: stream.timings.clone(),
+        per_frame: took / frames_run as u32,
+        fps: frames_run as f64 / took.as_secs_f64(),
+        timings,
     })
 }
 
@@ -222,6 +327,8 @@ pub fn peak_rss_mib() -> Option<f64> {
 struct Summary {
     clip: std::path::PathBuf,
     frames: usize,
+    /// Passes over the clip the end-to-end figures average.
+    passes: u32,
     threads: usize,
     /// Every model on every frame.
     fps: f64,

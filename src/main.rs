@@ -258,6 +258,9 @@ struct BenchArgs {
     /// Repetitions per stage
     #[arg(long, default_value_t = 20)]
     iterations: u32,
+    /// Passes over the clip for the end-to-end figures (each from a fresh stream)
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    passes: u32,
     /// Print JSON instead of a table
     #[arg(long)]
     json: bool,
@@ -271,6 +274,21 @@ struct BenchArgs {
     /// instruction counting under qemu (benches/arm) and per-model comparisons
     #[arg(long, value_name = "KEY")]
     model: Option<String>,
+    /// With --model: the convolution layout tract runs it in (default: the manifest's choice)
+    #[arg(long, value_enum, requires = "model")]
+    tract_layout: Option<TractLayout>,
+    /// With --model: time every node of the model under tract (per operator type, then the
+    /// slowest nodes) instead of the whole inference
+    #[arg(long, requires = "model")]
+    profile: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TractLayout {
+    /// channels first, as the ONNX file stores it
+    Nchw,
+    /// channels last (tract's conv_nhwc rewrite)
+    Nhwc,
 }
 
 fn main() -> ExitCode {
@@ -299,8 +317,21 @@ fn main() -> ExitCode {
             config.deepfake = args.deepfake_model.clone();
             config.threads = args.threads as usize;
             match &args.model {
-                Some(key) => veriface::bench::one_model(&config, key, args.iterations, args.json),
-                None => veriface::bench::run(config, &args.clip, args.iterations, args.json),
+                Some(key) => {
+                    let channels_last = args.tract_layout.map(|l| matches!(l, TractLayout::Nhwc));
+                    let bench = match args.profile {
+                        true => veriface::bench::profile_model,
+                        false => veriface::bench::one_model,
+                    };
+                    bench(&config, key, channels_last, args.iterations, args.json)
+                }
+                None => veriface::bench::run(
+                    config,
+                    &args.clip,
+                    args.iterations,
+                    args.passes,
+                    args.json,
+                ),
             }
         }
         Command::Run(args) => run(&cli, args),

@@ -68,6 +68,10 @@ pub struct ModelSpec {
     /// For a frame deepfake model: the manifest key of its temporal (GRU step) model.
     #[serde(default)]
     pub temporal: Option<String>,
+    /// tract runs the float convolutions channel-last (NHWC): chosen per model by measurement
+    /// (see models/tools/manifest.py). Other backends pick their own layout and ignore it.
+    #[serde(default)]
+    pub tract_channels_last: bool,
     pub licence: String,
     pub source: String,
     pub training_data: String,
@@ -130,13 +134,20 @@ impl Manifest {
     }
 
     pub fn model(&self, key: &str) -> Result<&ModelSpec> {
-        self.models.get(key).with_context(|| {
-            format!(
-                "{}: no model {key:?} (has: {})",
-                self.path.display(),
-                self.keys().join(", ")
-            )
-        })
+        self.models.get(key).ok_or_else(|| self.no_model(key))
+    }
+
+    pub fn model_mut(&mut self, key: &str) -> Result<&mut ModelSpec> {
+        let missing = self.no_model(key);
+        self.models.get_mut(key).ok_or(missing)
+    }
+
+    fn no_model(&self, key: &str) -> anyhow::Error {
+        anyhow::anyhow!(
+            "{}: no model {key:?} (has: {})",
+            self.path.display(),
+            self.keys().join(", ")
+        )
     }
 
     pub fn keys(&self) -> Vec<&str> {

@@ -35,7 +35,7 @@ pub struct EngineConfig {
 
 /// Which frames run which models: the realtime pipeline's savings. `Schedule::EVERY_FRAME`
 /// (analyze, eval) runs every model on every frame.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Schedule {
     /// Run the face detector on every Nth frame; in between, tracks move on at their velocity.
     pub detect_every: u32,
@@ -201,7 +201,7 @@ impl Engine {
             frames: 0,
             frames_with_faces: 0,
             timings: StageTimings::default(),
-            schedule: self.config.schedule.clone(),
+            schedule: self.config.schedule,
         }
     }
 }

@@ -489,3 +489,43 @@ fn eval_cropped_scores_every_image_without_detection() {
     assert_eq!(report["frame"]["items"], 5);
     assert_eq!(report["no_face"].as_array().unwrap().len(), 0);
 }
+
+/// `bench --model KEY --profile` times every node of the optimised plan: the node times add up
+/// to the reported total, and the layout flag really changes the plan (channel-last adds the
+/// transposes into and out of the convolutions).
+#[test]
+fn bench_profile_times_every_node_in_the_chosen_layout() {
+    let mut moves = Vec::new();
+    for layout in ["nchw", "nhwc"] {
+        let o = veriface(&[
+            "bench",
+            "--model",
+            "emotion",
+            "--profile",
+            "--tract-layout",
+            layout,
+            "--iterations",
+            "2",
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(doc["conv_layout"], layout.to_uppercase());
+        let nodes = doc["nodes"].as_array().unwrap();
+        let sum: f64 = nodes.iter().map(|n| n["mean_ms"].as_f64().unwrap()).sum();
+        let total = doc["total_ms"].as_f64().unwrap();
+        assert!(
+            total > 0.0 && (sum - total).abs() < 1e-6 * total.max(1.0),
+            "{sum} vs {total}"
+        );
+        let ops = |name: &str| nodes.iter().filter(|n| n["op"] == name).count();
+        assert_eq!(
+            ops("DepthWiseConv"),
+            8,
+            "mini-Xception's separable convolutions"
+        );
+        moves.push(ops("MoveAxis"));
+    }
+    assert_eq!(moves[0], 0, "NCHW runs the file's layout as it is");
+    assert!(moves[1] > 0, "NHWC moves the channels last");
+}

@@ -22,18 +22,37 @@ fn tol(golden: &serde_json::Value, key: &str) -> f32 {
 /// Every model in golden.json: run its stored input through tract, compare every output.
 #[test]
 fn every_model_matches_onnxruntime() {
-    check_against_onnxruntime(1, |_| true);
+    check_against_onnxruntime(manifest(), 1, |_| true);
 }
 
 /// tract's matrix-multiply thread pool splits the work differently: the f32 models must still
 /// match within the same tolerance.
 #[test]
 fn f32_models_match_onnxruntime_with_a_thread_pool() {
-    check_against_onnxruntime(2, |key| !key.contains("int8"));
+    check_against_onnxruntime(manifest(), 2, |key| !key.contains("int8"));
 }
 
-fn check_against_onnxruntime(threads: usize, wanted: impl Fn(&str) -> bool) {
-    let m = manifest();
+/// The manifest picks tract's convolution layout per model; the other layout (what
+/// `bench --tract-layout` measures) must compute the same outputs.
+#[test]
+fn f32_models_match_onnxruntime_in_the_other_convolution_layout() {
+    let mut m = manifest();
+    let mut flipped = (0, 0);
+    for spec in m.models.values_mut() {
+        spec.tract_channels_last = !spec.tract_channels_last;
+        match spec.tract_channels_last {
+            true => flipped.0 += 1,
+            false => flipped.1 += 1,
+        }
+    }
+    assert!(
+        flipped.0 > 0 && flipped.1 > 0,
+        "both layouts are exercised: {flipped:?}"
+    );
+    check_against_onnxruntime(m, 1, |key| !key.contains("int8"));
+}
+
+fn check_against_onnxruntime(m: Manifest, threads: usize, wanted: impl Fn(&str) -> bool) {
     let golden = golden_json();
     let (abs, rel) = (tol(&golden, "model_abs"), tol(&golden, "model_rel"));
     let cases = golden["models"].as_object().unwrap();

@@ -123,7 +123,7 @@ fn out_of_range_schedules_are_refused_at_load() {
     ] {
         let err = Engine::load(EngineConfig {
             manifest: repo().join("models/manifest.toml"),
-            schedule: bad.clone(),
+            schedule: bad,
             ..EngineConfig::default()
         })
         .err()

@@ -5,6 +5,7 @@
 # cortex-a72 (Pi 4: no dotprod, no fp16 arithmetic) and cortex-a76 (Pi 5; like Orin's A78AE and
 # Xavier's Carmel: dotprod, fp16) take different code paths.
 #   bash benches/arm/count.sh [aarch64 binary]    (default: the cross/build.sh one)
+#   MODELS="deepfake backbone" BENCH_ARGS="--tract-layout nchw" bash benches/arm/count.sh ...
 # Prints a table and writes target/arm-insns.json. Instructions are not time: see README.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,7 +18,7 @@ models=(${MODELS:-deepfake deepfake_int8 backbone backbone_int8_qdq backbone_int
 
 count() { # cpu model iterations -> instructions
     qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu "$1" -plugin "$plugin" -d plugin \
-        "$bin" bench --model "$2" --iterations "$3" 2>&1 >/dev/null | awk '/^insns /{print $2}'
+        "$bin" bench --model "$2" --iterations "$3" ${BENCH_ARGS:-} 2>&1 >/dev/null | awk '/^insns /{print $2}'
 }
 printf '%-20s' model; printf '%16s' "${cpus[@]}"; echo
 json="{"

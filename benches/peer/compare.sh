@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
 # veriface against its peer (benches/peer/peer.py: the same ONNX files under onnxruntime, one
 # thread, the same numpy preprocessing, the same frames), stage by stage and end to end.
-#   bash benches/peer/compare.sh [--clip FILE] [--iterations N] [--threads N] [--memory-seconds S]
+#   bash benches/peer/compare.sh [--clip FILE] [--iterations N] [--passes N] [--threads N] [--memory-seconds S]
 # Ratio = veriface ms / peer ms (below 1: veriface is faster). Then the daemon's cold start and
 # peak RSS (benches/run_memory.py; --memory-seconds 0 skips it). Timings: run on an idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 clip=samples/astronaut_zoom.mp4
 iterations=20
+passes=3
 threads=1
 memory_seconds=60
 while [ $# -gt 0 ]; do
     case $1 in
         --clip) clip=$2; shift 2 ;;
         --iterations) iterations=$2; shift 2 ;;
+        --passes) passes=$2; shift 2 ;;
         --threads) threads=$2; shift 2 ;;
         --memory-seconds) memory_seconds=$2; shift 2 ;;
-        *) echo "usage: compare.sh [--clip FILE] [--iterations N] [--threads N] [--memory-seconds S]" >&2; exit 2 ;;
+        *) echo "usage: compare.sh [--clip FILE] [--iterations N] [--passes N] [--threads N] [--memory-seconds S]" >&2; exit 2 ;;
     esac
 done
 venv=target/peer-venv
@@ -25,9 +27,10 @@ if [ ! -x "$venv/bin/python" ]; then
     "$venv/bin/pip" install -q -r benches/peer/requirements.txt
 fi
 cargo build --release --locked -q
-target/release/veriface bench --clip "$clip" --iterations "$iterations" --threads "$threads" \
-    --json > target/bench-veriface.json
-"$venv/bin/python" benches/peer/peer.py --clip "$clip" --iterations "$iterations" --json > target/bench-peer.json
+target/release/veriface bench --clip "$clip" --iterations "$iterations" --passes "$passes" \
+    --threads "$threads" --json > target/bench-veriface.json
+"$venv/bin/python" benches/peer/peer.py --clip "$clip" --iterations "$iterations" \
+    --passes "$passes" --json > target/bench-peer.json
 python3 - target/bench-veriface.json target/bench-peer.json <<'PY'
 import json, sys
 ours, peer = (json.load(open(p)) for p in sys.argv[1:3])

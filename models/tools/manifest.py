@@ -27,6 +27,14 @@ DEEPFAKE_TERMS = {
     "training_data": "FaceForensics++ c23 subset in ../shared (47 real, 73 Deepfakes/Face2Face/FaceSwap videos) + SBI pseudo-fakes of its real faces, split by identity group",
 }
 
+# "tract_channels_last": tract runs the model's float convolutions channel-last (NHWC), chosen
+# by measurement (`veriface bench --model KEY --tract-layout nchw|nhwc`, `--profile` per node).
+# tract's depthwise kernel vectorises across channels only in that layout: the f32
+# EfficientNets went from 28-30 to 20-21 ms per inference (p50, x86_64 with AVX-512, one
+# thread; depthwise 18.9 -> 9.0 ms). On aarch64 (qemu -cpu cortex-a72/a76) both layouts execute
+# the same instruction count within 2%, so the x86 gain costs the boards nothing measurable. The
+# BlazeFace models and FaceMesh ran 10-40% slower channel-last and mini-Xception no faster, so
+# they stay NCHW; the QDQ and QOperator forms have quantized convolutions, which it leaves alone.
 MODELS = {
     "face_short": {"file": "face_detection_short_range.onnx", "task": "face_detector",
                    "description": "BlazeFace short range: faces within about 2 m (kiosks)",
@@ -55,11 +63,12 @@ MODELS = {
                  "description": "EfficientNet-Lite0 to global average pool: 1280-d frame features",
                  "input": {"name": "input", "shape": [1, 3, 224, 224], "layout": "NCHW", "dtype": "f32", "colour": "RGB"},
                  "normalise": {"mean": 127.0, "std": 128.0}, "crop_scale": BACKBONE_CROP_SCALE,
-                 "outputs": ["features"], **EFFNET},
+                 "outputs": ["features"], "tract_channels_last": True, **EFFNET},
     "backbone_logits": {"file": "efficientnet_lite0_imagenet.onnx", "task": "classifier",
                         "description": "EfficientNet-Lite0 with its ImageNet head (for checking the export)",
                         "input": {"name": "input", "shape": [1, 3, 224, 224], "layout": "NCHW", "dtype": "f32", "colour": "RGB"},
-                        "normalise": {"mean": 127.0, "std": 128.0}, "outputs": ["logits"], **EFFNET},
+                        "normalise": {"mean": 127.0, "std": 128.0}, "outputs": ["logits"],
+                        "tract_channels_last": True, **EFFNET},
     "backbone_int8_qdq": {"file": "efficientnet_lite0_features_int8_qdq.onnx", "task": "features", "variant_of": "backbone",
                           "description": "int8 QDQ form (onnxruntime quantize_static, U8 activations, S8 per-channel weights, reduce_range); tract runs it as float",
                           "input": {"name": "input", "shape": [1, 3, 224, 224], "layout": "NCHW", "dtype": "f32", "colour": "RGB"},
@@ -79,7 +88,7 @@ MODELS = {
                  "description": "EfficientNet-Lite0 fine-tuned (blocks 11-15 + head) on real, fake and Self-Blended faces: crop -> (features, fake_logit)",
                  "input": {"name": "input", "shape": [1, 3, 224, 224], "layout": "NCHW", "dtype": "f32", "colour": "RGB"},
                  "normalise": {"mean": 127.0, "std": 128.0}, "crop_scale": BACKBONE_CROP_SCALE,
-                 "outputs": ["features", "fake_logit"], **DEEPFAKE_TERMS},
+                 "outputs": ["features", "fake_logit"], "tract_channels_last": True, **DEEPFAKE_TERMS},
     "deepfake_int8": {"file": "deepfake_effnet_lite0_int8_qdq.onnx", "task": "deepfake_frame", "temporal": "deepfake_step",
                       "variant_of": "deepfake",
                       "description": "int8 QDQ form of the deepfake frame model (U8 activations, S8 per-channel weights), calibrated on real training faces",

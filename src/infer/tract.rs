@@ -1,7 +1,11 @@
 //! The tract backend: pure Rust, runs on every target.
 
 use anyhow::{anyhow, bail, Context, Result};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::plan::{eval, SimpleState};
 
 use super::{Backend, Model, Tensor};
 use crate::manifest::Manifest;
@@ -35,33 +39,7 @@ impl Backend for TractBackend {
     }
 
     fn load(&self, manifest: &Manifest, key: &str) -> Result<Box<dyn Model>> {
-        let spec = manifest.model(key)?;
-        let (path, bytes) = manifest.read_verified(key)?;
-        let file = path.display().to_string();
-        let fail = |e: anyhow::Error| anyhow!("{file}: cannot load ONNX model: {}", root_cause(&e));
-        // Shapes come from the manifest; value_info pinning symbolic dims trips tract's analysis.
-        let mut model = tract_onnx::onnx()
-            .with_ignore_value_info(true)
-            .model_for_read(&mut bytes.as_slice())
-            .map_err(fail)?;
-        let inputs = std::iter::once(&spec.input).chain(spec.extra_inputs.iter());
-        for (i, input) in inputs.enumerate() {
-            if input.dtype != "f32" {
-                bail!(
-                    "{file}: input {} has dtype {}, only f32 is supported",
-                    input.name,
-                    input.dtype
-                );
-            }
-            model = model
-                .with_input_fact(i, f32::fact(&input.shape).into())
-                .map_err(fail)?;
-        }
-        let plan = model
-            .into_optimized()
-            .map_err(fail)?
-            .into_runnable()
-            .map_err(fail)?;
+        let (plan, file) = optimized_plan(manifest, key)?;
         Ok(Box::new(TractModel {
             plan,
             file,
@@ -70,19 +48,129 @@ impl Backend for TractBackend {
     }
 }
 
+/// Read, verify and optimise one manifest model; returns the plan and the file it came from.
+fn optimized_plan(
+    manifest: &Manifest,
+    key: &str,
+) -> Result<(std::sync::Arc<TypedRunnableModel>, String)> {
+    let spec = manifest.model(key)?;
+    let (path, bytes) = manifest.read_verified(key)?;
+    let file = path.display().to_string();
+    let fail = |e: anyhow::Error| anyhow!("{file}: cannot load ONNX model: {}", root_cause(&e));
+    // Shapes come from the manifest; value_info pinning symbolic dims trips tract's analysis.
+    let mut model = tract_onnx::onnx()
+        .with_ignore_value_info(true)
+        .model_for_read(&mut bytes.as_slice())
+        .map_err(fail)?;
+    let inputs = std::iter::once(&spec.input).chain(spec.extra_inputs.iter());
+    for (i, input) in inputs.enumerate() {
+        if input.dtype != "f32" {
+            bail!(
+                "{file}: input {} has dtype {}, only f32 is supported",
+                input.name,
+                input.dtype
+            );
+        }
+        model = model
+            .with_input_fact(i, f32::fact(&input.shape).into())
+            .map_err(fail)?;
+    }
+    let mut model = model.into_typed().map_err(fail)?;
+    if spec.tract_channels_last {
+        model = model.into_decluttered().map_err(fail)?;
+        channels_last(&mut model).map_err(fail)?;
+    }
+    let plan = model
+        .into_optimized()
+        .map_err(fail)?
+        .into_runnable()
+        .map_err(fail)?;
+    Ok((plan, file))
+}
+
+/// Rewrite every float convolution to run channel-last, with one transpose at the input: tract's
+/// depthwise kernel only vectorises across channels in that layout. Decluttering afterwards
+/// cancels the transposes between consecutive convolutions.
+fn channels_last(model: &mut TypedModel) -> Result<()> {
+    let rewrite = tract_onnx::tract_core::transform::get_transform("conv_nhwc")?
+        .ok_or_else(|| anyhow!("this tract build has no conv_nhwc transform"))?;
+    rewrite.transform(model)?;
+    Ok(())
+}
+
+/// One node of an optimised tract plan and its mean time per inference.
+#[derive(Debug, Serialize)]
+pub struct NodeTime {
+    /// tract's operator after optimisation (e.g. OptMatMul, DepthWiseConv).
+    pub op: String,
+    /// The node's name, derived from the ONNX node it came from.
+    pub name: String,
+    pub output_shape: Vec<usize>,
+    pub mean_ms: f64,
+}
+
+impl TractBackend {
+    /// Time every node of one manifest model over `runs` inferences on zero inputs (after one
+    /// warm-up run), slowest first: where the time goes before deciding what to change.
+    pub fn profile(&self, manifest: &Manifest, key: &str, runs: u32) -> Result<Vec<NodeTime>> {
+        let (plan, file) = optimized_plan(manifest, key)?;
+        let inputs = crate::infer::zero_inputs(manifest, key)?;
+        let mut state = SimpleState::new(&plan)?;
+        let mut spent = vec![Duration::ZERO; plan.model().nodes().len()];
+        let runs = runs.max(1);
+        multithread_tract_scope(self.executor.clone(), || -> Result<()> {
+            for run in 0..=runs {
+                let values = to_values(&inputs, &file)?;
+                state
+                    .run_plan_with_eval(values, |ctx, op_state, node, input| {
+                        let started = Instant::now();
+                        let output = eval(ctx, op_state, node, input);
+                        if run > 0 {
+                            spent[node.id] += started.elapsed();
+                        }
+                        output
+                    })
+                    .with_context(|| format!("{file}: inference failed"))?;
+            }
+            Ok(())
+        })?;
+        let mut nodes: Vec<NodeTime> = plan
+            .model()
+            .nodes()
+            .iter()
+            .map(|node| NodeTime {
+                op: node.op().name().to_string(),
+                name: node.name.clone(),
+                output_shape: node
+                    .outputs
+                    .first()
+                    .and_then(|o| o.fact.shape.as_concrete().map(<[usize]>::to_vec))
+                    .unwrap_or_default(),
+                mean_ms: spent[node.id].as_secs_f64() * 1e3 / runs as f64,
+            })
+            .collect();
+        nodes.sort_by(|a, b| b.mean_ms.total_cmp(&a.mean_ms));
+        Ok(nodes)
+    }
+}
+
+fn to_values(inputs: &[Tensor], file: &str) -> Result<TVec<TValue>> {
+    inputs
+        .iter()
+        .map(|t| {
+            tract_onnx::prelude::Tensor::from_shape(&t.shape, &t.data).map(|t| t.into_tvalue())
+        })
+        .collect::<TractResult<_>>()
+        .with_context(|| format!("{file}: bad input shape"))
+}
+
 fn root_cause(e: &anyhow::Error) -> String {
     e.chain().last().map(|c| c.to_string()).unwrap_or_default()
 }
 
 impl Model for TractModel {
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
-        let values: TVec<TValue> = inputs
-            .iter()
-            .map(|t| {
-                tract_onnx::prelude::Tensor::from_shape(&t.shape, &t.data).map(|t| t.into_tvalue())
-            })
-            .collect::<TractResult<_>>()
-            .with_context(|| format!("{}: bad input shape", self.file))?;
+        let values = to_values(inputs, &self.file)?;
         let outputs = multithread_tract_scope(self.executor.clone(), || self.plan.run(values))
             .with_context(|| format!("{}: inference failed", self.file))?;
         outputs
