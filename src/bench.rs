@@ -269,6 +269,7 @@ pub fn run(
         realtime_detector_runs: realtime.timings.detector_runs,
         realtime_analyses: realtime.timings.analyses,
         realtime_reused: realtime.timings.reused,
+        every_frame_split: SplitMs::per_frame(&every.timings, frames.len()),
         peak_rss_mib: peak_rss_mib(),
     };
     print_rows(&rows, Some(&summary), json)?;
@@ -332,12 +333,35 @@ struct Summary {
     threads: usize,
     /// Every model on every frame.
     fps: f64,
+    /// ...and where its frame time went, ms per frame (last pass).
+    every_frame_split: SplitMs,
     /// The daemon's schedule, and what it ran.
     realtime_fps: f64,
     realtime_detector_runs: u64,
     realtime_analyses: u64,
     realtime_reused: u64,
     peak_rss_mib: Option<f64>,
+}
+
+/// A stream's stage times in ms per frame.
+#[derive(Serialize)]
+struct SplitMs {
+    detect: f64,
+    deepfake: f64,
+    temporal: f64,
+    emotion: f64,
+}
+
+impl SplitMs {
+    fn per_frame(t: &StageTimings, frames: usize) -> SplitMs {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3 / frames.max(1) as f64;
+        SplitMs {
+            detect: ms(t.detect),
+            deepfake: ms(t.deepfake),
+            temporal: ms(t.temporal),
+            emotion: ms(t.emotion),
+        }
+    }
 }
 
 /// A table, or JSON for tools; `summary` adds the end-to-end lines.
@@ -370,6 +394,11 @@ fn print_rows(rows: &[StageRow], summary: Option<&Summary>, json: bool) -> Resul
             s.frames,
             s.clip.display(),
             s.threads
+        );
+        let split = &s.every_frame_split;
+        println!(
+            "  per frame: detect {:.2} ms, deepfake crop+model {:.2} ms, GRU {:.2} ms, emotion crop+model {:.2} ms",
+            split.detect, split.deepfake, split.temporal, split.emotion
         );
         println!(
             "realtime schedule: {:.1} frames/s; detector on {} frames, {} face analyses run, {} kept",
