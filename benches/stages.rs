@@ -93,7 +93,7 @@ fn stages(c: &mut Criterion) {
     let mut run = |name: &str, engine: &Engine, schedule: Schedule, threads: usize| {
         g.bench_with_input(BenchmarkId::new(name, threads), &schedule, |b, s| {
             b.iter(|| {
-                let mut stream = engine.stream().with_schedule(*s);
+                let mut stream = engine.stream().with_schedule(*s).expect("valid schedule");
                 for f in &frames {
                     stream.process(f).unwrap();
                 }

@@ -293,7 +293,7 @@ fn end_to_end(
     let mut took = Duration::ZERO;
     let mut timings = StageTimings::default();
     for _ in 0..passes.max(1) {
-        let mut stream = engine.stream().with_schedule(schedule);
+        let mut stream = engine.stream().with_schedule(schedule)?;
         let t = Instant::now();
         for f in frames {
             stream.process(f)?;

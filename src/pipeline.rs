@@ -54,6 +54,11 @@ impl Schedule {
         max_reuse: 0,
     };
 
+    /// Whether faces are re-analysed only when they changed (so their thumbnails are kept).
+    pub fn gates_on_change(&self) -> bool {
+        self.min_change > 0.0
+    }
+
     pub fn validate(&self) -> Result<()> {
         if !(1..=30).contains(&self.detect_every) {
             anyhow::bail!("detect_every = {}: 1 to 30", self.detect_every);
@@ -299,9 +304,10 @@ pub struct Stream<'a> {
 
 impl Stream<'_> {
     /// This stream with another schedule (the bench compares them on one engine).
-    pub fn with_schedule(mut self, schedule: Schedule) -> Self {
+    pub fn with_schedule(mut self, schedule: Schedule) -> Result<Self> {
+        schedule.validate()?;
         self.schedule = schedule;
-        self
+        Ok(self)
     }
 
     pub fn process(&mut self, tf: &TimedFrame) -> Result<FrameResult> {
@@ -334,14 +340,12 @@ impl Stream<'_> {
                 emotions: Vec::new(),
                 frames: 0,
             });
-            let thumbnail = if schedule.min_change > 0.0 {
-                face_thumbnail(&tf.frame, &det)
-            } else {
-                Vec::new()
-            };
-            let keep = match &state.last {
-                Some((_, before)) if schedule.min_change > 0.0 => {
-                    let change = mean_abs_difference(before, &thumbnail);
+            let thumbnail = schedule
+                .gates_on_change()
+                .then(|| face_thumbnail(&tf.frame, &det));
+            let keep = match (&state.last, &thumbnail) {
+                (Some((_, before)), Some(now)) => {
+                    let change = mean_abs_difference(before, now);
                     log::debug!(
                         "frame {} track {id}: thumbnail change {change:.2}",
                         tf.index
@@ -360,7 +364,7 @@ impl Stream<'_> {
                     .unwrap_or_default()
             } else {
                 let analysis = analyse(engine, &mut self.timings, &tf.frame, &det, state)?;
-                if schedule.min_change > 0.0 {
+                if let Some(thumbnail) = thumbnail {
                     state.last = Some((analysis.clone(), thumbnail));
                 }
                 state.reused_for = 0;

@@ -47,7 +47,7 @@ fn a_still_face_keeps_its_analysis_until_max_reuse() {
         max_reuse: 4,
     };
     let frames = timed(vec![astronaut(); 12]);
-    let mut stream = engine.stream().with_schedule(schedule);
+    let mut stream = engine.stream().with_schedule(schedule).unwrap();
     let results: Vec<FrameResult> = frames.iter().map(|f| stream.process(f).unwrap()).collect();
     // Detector on frames 0, 3, 6, 9; analyses on 0, 5, 10 (4 frames kept after each).
     assert_eq!(stream.timings.detector_runs, 4);
@@ -88,11 +88,14 @@ fn a_changed_face_is_analysed_again() {
         *v = v.saturating_add(40);
     }
     let frames = timed(vec![still.clone(), brighter.clone(), still, brighter]);
-    let mut stream = engine.stream().with_schedule(Schedule {
-        detect_every: 2,
-        min_change: 2.0,
-        max_reuse: 100,
-    });
+    let mut stream = engine
+        .stream()
+        .with_schedule(Schedule {
+            detect_every: 2,
+            min_change: 2.0,
+            max_reuse: 100,
+        })
+        .unwrap();
     for f in &frames {
         let result = stream.process(f).unwrap();
         assert!(
@@ -106,7 +109,12 @@ fn a_changed_face_is_analysed_again() {
 }
 
 #[test]
-fn out_of_range_schedules_are_refused_at_load() {
+fn out_of_range_schedules_are_refused_at_load_and_on_a_stream() {
+    let engine = Engine::load(EngineConfig {
+        manifest: repo().join("models/manifest.toml"),
+        ..EngineConfig::default()
+    })
+    .unwrap();
     for bad in [
         Schedule {
             detect_every: 0,
@@ -132,6 +140,10 @@ fn out_of_range_schedules_are_refused_at_load() {
         assert!(
             msg.contains("detect_every") || msg.contains("min_change"),
             "{msg}"
+        );
+        assert!(
+            engine.stream().with_schedule(bad).is_err(),
+            "{bad:?} was accepted by a stream"
         );
     }
 }
