@@ -10,6 +10,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use veriface::analysis::CropSpec;
 use veriface::daemon::config::DAEMON_SCHEDULE;
 use veriface::infer::open_backend;
+use veriface::manifest::Manifest;
 use veriface::pipeline::{Engine, EngineConfig, Schedule};
 use veriface::source::{read_image, FrameSource, TimedFrame, VideoSource};
 
@@ -82,6 +83,19 @@ fn stages(c: &mut Criterion) {
             b.iter(|| model.run(std::slice::from_ref(&input)).unwrap())
         });
     }
+    // The f32 form in the layout the manifest did not choose (tract_channels_last).
+    let mut other_layout = Manifest::load(&repo("models/manifest.toml")).unwrap();
+    let spec = other_layout.model_mut("backbone").unwrap();
+    spec.tract_channels_last = !spec.tract_channels_last;
+    let name = match spec.tract_channels_last {
+        true => "backbone channels last",
+        false => "backbone channels first",
+    };
+    let input = CropSpec::from_model(spec).unwrap().tensor(&frame, &face);
+    let model = backend.load(&other_layout, "backbone").unwrap();
+    g.bench_function(name, |b| {
+        b.iter(|| model.run(std::slice::from_ref(&input)).unwrap())
+    });
     g.finish();
 
     // End to end over the sample clip (decode excluded): every model on every frame, and the

@@ -73,8 +73,7 @@ pub fn one_model(
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-/// Every stage on the clip's first frame (`iterations` runs each), then the clip end to end
-/// `passes` times, each pass with a fresh stream (tracker, GRU state, schedule).
+/// The manifest, with `key`'s tract convolution layout overridden where asked.
 fn model_manifest(
     config: &EngineConfig,
     key: &str,
@@ -161,6 +160,8 @@ struct OpTime {
     mean_ms: f64,
 }
 
+/// Every stage on the clip's first frame (`iterations` runs each), then the clip end to end
+/// `passes` times, each pass with a fresh stream (tracker, GRU state, schedule).
 pub fn run(
     config: EngineConfig,
     clip: &Path,
