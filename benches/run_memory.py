@@ -78,7 +78,7 @@ def one_run(binary: Path, clip: Path, seconds: float, extra: list[str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", default=str(ROOT / "target" / "release" / "veriface"))
-    ap.add_argument("--clip", default=str(ROOT / "samples" / "astronaut_zoom.mp4"))
+    ap.add_argument("--clip", default=str(ROOT / "samples" / "astronaut_zoom.avi"))
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--json", action="store_true")
     args, extra = ap.parse_known_args()

@@ -12,7 +12,7 @@ use veriface::daemon::config::DAEMON_SCHEDULE;
 use veriface::infer::open_backend;
 use veriface::manifest::Manifest;
 use veriface::pipeline::{Engine, EngineConfig, Schedule};
-use veriface::source::{read_image, FrameSource, TimedFrame, VideoSource};
+use veriface::source::{read_image, TimedFrame};
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -28,7 +28,8 @@ fn engine(threads: usize) -> Engine {
 }
 
 fn clip_frames() -> Vec<TimedFrame> {
-    let mut source = VideoSource::open(&repo("samples/astronaut_zoom.mp4")).expect("sample clip");
+    let mut source =
+        veriface::source::open(&repo("samples/astronaut_zoom.avi")).expect("sample clip");
     let mut frames = Vec::new();
     while let Some(f) = source.next_frame().expect("sample clip decodes") {
         frames.push(f);

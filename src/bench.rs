@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::daemon::config::DAEMON_SCHEDULE;
 use crate::pipeline::{Engine, EngineConfig, Schedule, StageTimings};
-use crate::source::{self, FrameSource, TimedFrame};
+use crate::source::{self, TimedFrame};
 
 #[derive(Serialize)]
 pub struct StageRow {
@@ -175,7 +175,7 @@ pub fn run(
     let mut rows = vec![row("model load (all)", vec![load])];
 
     let t = Instant::now();
-    let mut src = source::VideoSource::open(clip)?;
+    let mut src = source::open(clip)?;
     let mut frames = Vec::new();
     while let Some(f) = src.next_frame()? {
         frames.push(f);
@@ -185,7 +185,7 @@ pub fn run(
         bail!("{}: no frames", clip.display());
     }
     rows.push(row(
-        "decode (ffmpeg, per frame)",
+        "decode (per frame)",
         vec![decode / frames.len() as u32],
     ));
     let frame = &frames[0].frame;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
+use veriface::face::DetectorRange;
 use veriface::infer::accel::Provider;
 use veriface::infer::BackendChoice;
 use veriface::pipeline::{Engine, EngineConfig, FrameResult};
@@ -56,14 +57,6 @@ enum ProviderArg {
     Tensorrt,
     Cuda,
     Cpu,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Range {
-    /// BlazeFace short range: faces within about 2 m (kiosks)
-    Short,
-    /// BlazeFace full range: faces up to about 5 m (field devices)
-    Full,
 }
 
 #[derive(Subcommand)]
@@ -176,9 +169,10 @@ struct EvalArgs {
     /// Worker threads (each loads its own models)
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     jobs: u64,
-    /// Face detector: short (within ~2 m) or full range (up to ~5 m)
-    #[arg(long, value_enum, default_value_t = Range::Short)]
-    detector: Range,
+    /// Face detector: short (within ~2 m), full range (up to ~5 m), or auto (short first, full
+    /// range on frames where it finds no face)
+    #[arg(long, value_enum, default_value_t = DetectorRange::Auto)]
+    detector: DetectorRange,
     /// Manifest key of the frame deepfake model
     #[arg(long, default_value = "deepfake", value_name = "KEY")]
     deepfake_model: String,
@@ -229,9 +223,9 @@ struct AnalyzeArgs {
     /// Stop after this many analysed frames per video
     #[arg(long)]
     max_frames: Option<u64>,
-    /// Face detector range
-    #[arg(long, value_enum, default_value_t = Range::Short)]
-    detector: Range,
+    /// Face detector range (auto: short first, full range on frames where it finds no face)
+    #[arg(long, value_enum, default_value_t = DetectorRange::Auto)]
+    detector: DetectorRange,
     /// Operating threshold on the fake probability
     #[arg(long, default_value_t = 0.5)]
     threshold: f32,
@@ -253,7 +247,7 @@ struct AnalyzeArgs {
 #[derive(clap::Args)]
 struct BenchArgs {
     /// Clip to run end to end (default: the bundled sample clip)
-    #[arg(long, default_value = "samples/astronaut_zoom.mp4")]
+    #[arg(long, default_value = "samples/astronaut_zoom.avi")]
     clip: PathBuf,
     /// Repetitions per stage
     #[arg(long, default_value_t = 20)]
@@ -306,14 +300,14 @@ fn main() -> ExitCode {
         Command::Analyze(args) => analyze(&cli, args),
         Command::Eval(args) => eval(&cli, args),
         Command::Models { action: None } => {
-            let cfg = engine_config(&cli, Range::Short, 0.5);
+            let cfg = engine_config(&cli, DetectorRange::Short, 0.5);
             models(&cfg, false)
         }
         Command::Models {
             action: Some(ModelsAction::Prepare { config }),
         } => models_prepare(&cli, config),
         Command::Bench(args) => {
-            let mut config = engine_config(&cli, Range::Short, 0.5);
+            let mut config = engine_config(&cli, DetectorRange::Short, 0.5);
             config.deepfake = args.deepfake_model.clone();
             config.threads = args.threads as usize;
             match &args.model {
@@ -349,16 +343,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn engine_config(cli: &Cli, range: Range, threshold: f32) -> EngineConfig {
+fn engine_config(cli: &Cli, range: DetectorRange, threshold: f32) -> EngineConfig {
     let mut cfg = EngineConfig::default();
     if let Some(m) = &cli.models {
         cfg.manifest = m.clone();
     }
-    cfg.detector = match range {
-        Range::Short => "face_short",
-        Range::Full => "face_full",
-    }
-    .into();
+    cfg.detector = range;
     cfg.verdict.threshold = threshold;
     let opts = veriface::infer::accel::OrtOptions {
         providers: cli
@@ -583,7 +573,7 @@ fn config_check(files: &[PathBuf]) -> Result<ExitCode> {
 
 fn models_prepare(cli: &Cli, config: &Path) -> Result<ExitCode> {
     let daemon_cfg = veriface::daemon::config::Config::load(config)?;
-    let mut cfg = engine_config(cli, Range::Short, 0.5);
+    let mut cfg = engine_config(cli, DetectorRange::Short, 0.5);
     if cli.models.is_none() {
         cfg.manifest = daemon_cfg.models_path();
     }
@@ -766,7 +756,7 @@ fn analyze(cli: &Cli, args: &AnalyzeArgs) -> Result<ExitCode> {
         let run = report::RunReport {
             version: env!("CARGO_PKG_VERSION"),
             backend: &engine.backend,
-            detector: &engine.config.detector,
+            detector: &engine.config.detector.label(),
             models: engine
                 .manifest
                 .models

@@ -138,8 +138,18 @@ impl Manifest {
     }
 
     pub fn model_mut(&mut self, key: &str) -> Result<&mut ModelSpec> {
-        let missing = self.no_model(key);
-        self.models.get_mut(key).ok_or(missing)
+        if !self.models.contains_key(key) {
+            return Err(self.no_model(key));
+        }
+        Ok(self.models.get_mut(key).expect("checked above"))
+    }
+
+    /// The first model (in key order) that does this task, if any.
+    pub fn key_for_task(&self, task: &str) -> Option<String> {
+        self.models
+            .iter()
+            .find(|(_, spec)| spec.task == task)
+            .map(|(key, _)| key.clone())
     }
 
     fn no_model(&self, key: &str) -> anyhow::Error {

@@ -8,19 +8,24 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::analysis::{Analyzer, EmotionScore, FaceAnalysis, DEEPFAKE_KEY};
-use crate::face::{square_region, BoxF, Detection, FaceDetector, Tracker};
+use crate::face::{
+    square_region, BoxF, Detection, DetectorRange, FaceDetector, PresenceCheck, Tracker,
+};
 use crate::frame::{crop_resize_into, Colour, Frame, Normalise};
 use crate::infer::{open_backend, Backend, BackendChoice, Model};
 use crate::manifest::Manifest;
 use crate::source::TimedFrame;
 use crate::verdict::{median, Label, TrackVerdict, Verdict, VerdictConfig};
 
+/// The manifest task of the landmark model whose presence output vets each detection.
+const LANDMARKS_TASK: &str = "face_landmarks";
+
 /// What to load and how to decide.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
     pub manifest: PathBuf,
-    /// Manifest key of the face detector: `face_short` (kiosks) or `face_full` (field devices).
-    pub detector: String,
+    /// The face detector: short range (kiosks), full range (field devices) or both in turn.
+    pub detector: DetectorRange,
     /// Manifest key of the frame deepfake model.
     pub deepfake: String,
     pub verdict: VerdictConfig,
@@ -77,7 +82,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             manifest: crate::manifest::default_manifest_path(),
-            detector: "face_short".into(),
+            detector: DetectorRange::Short,
             deepfake: DEEPFAKE_KEY.into(),
             verdict: VerdictConfig::default(),
             track_iou: 0.3,
@@ -156,22 +161,29 @@ impl Engine {
             inner: opened.as_ref(),
             seen: Default::default(),
         };
-        let det_spec = manifest
-            .detector
-            .get(&config.detector)
-            .with_context(|| {
-                format!(
-                    "{}: no detector {:?} (try face_short or face_full)",
-                    config.manifest.display(),
-                    config.detector
-                )
-            })?
-            .clone();
-        let detector = FaceDetector::new(
-            backend.load(&manifest, &config.detector)?,
-            det_spec,
-            manifest.model(&config.detector)?,
-        )?;
+        let mut detector: Option<FaceDetector> = None;
+        for &key in config.detector.manifest_keys() {
+            let det_spec = manifest
+                .detector
+                .get(key)
+                .with_context(|| {
+                    format!(
+                        "{}: no detector {key:?} (try face_short or face_full)",
+                        config.manifest.display(),
+                    )
+                })?
+                .clone();
+            let (model, model_spec) = (backend.load(&manifest, key)?, manifest.model(key)?);
+            detector = Some(match detector {
+                None => FaceDetector::new(model, det_spec, model_spec)?,
+                Some(d) => d.with_fallback(model, det_spec, model_spec)?,
+            });
+        }
+        let mut detector = detector.context("no face detector chosen")?;
+        if let Some(key) = manifest.key_for_task(LANDMARKS_TASK) {
+            let check = PresenceCheck::new(backend.load(&manifest, &key)?, manifest.model(&key)?)?;
+            detector = detector.with_presence_check(check);
+        }
         let analyzer = Analyzer::load(&backend, &manifest, &config.deepfake)?;
         let providers = backend.seen.take();
         Ok(Engine {

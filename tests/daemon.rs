@@ -38,7 +38,7 @@ fn spawn_run(dir: &Path, extra_env: &[(&str, &Path)]) -> Child {
     c.args([
         "run",
         "--source",
-        "samples/astronaut_zoom.mp4",
+        "tests/data/astronaut_zoom.mp4",
         "--loop",
         "--config",
         "cross/veriface.toml",
@@ -180,7 +180,7 @@ fn sighup_reloads_the_config_and_keeps_running() {
         .args([
             "run",
             "--source",
-            "samples/astronaut_zoom.mp4",
+            "tests/data/astronaut_zoom.mp4",
             "--loop",
             "--quiet",
         ])

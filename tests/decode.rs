@@ -44,7 +44,7 @@ fn mjpeg_stream_decodes_every_frame() {
 
 #[test]
 fn h264_sample_has_size_rate_and_timestamps() {
-    let path = common::repo().join("samples/astronaut_zoom.mp4");
+    let path = common::repo().join("tests/data/astronaut_zoom.mp4");
     let info = source::probe(&path).unwrap();
     assert_eq!((info.width, info.height), (320, 320));
     assert!((info.fps - 10.0).abs() < 1e-6);
@@ -77,4 +77,38 @@ fn folders_are_searched_recursively_and_sorted() {
         .unwrap_err()
         .to_string()
         .contains("no images or videos"));
+}
+
+/// The bundled Motion JPEG clip decodes in-process to the frames ffmpeg decodes from the same
+/// file: same count, size and timing, pixels within what two JPEG decoders' rounding and chroma
+/// upsampling differ by (mean |Δ| ≤ 2 grey levels).
+#[test]
+fn mjpeg_avi_sample_decodes_in_process_like_ffmpeg() {
+    let path = common::repo().join("samples/astronaut_zoom.avi");
+    assert!(source::mjpeg::decodes(&path));
+    let info = source::video_info(&path).unwrap();
+    assert_eq!((info.width, info.height, info.frames), (320, 320, Some(30)));
+    assert!((info.fps - 10.0).abs() < 1e-9);
+    let mut ours = source::open(&path).unwrap();
+    let mut theirs = source::VideoSource::open(&path).unwrap();
+    let mut n = 0;
+    while let Some(a) = ours.next_frame().unwrap() {
+        let b = theirs
+            .next_frame()
+            .unwrap()
+            .expect("ffmpeg has as many frames");
+        assert_eq!((a.index, a.seconds), (b.index, b.seconds));
+        let diff: u64 = a
+            .frame
+            .rgb
+            .iter()
+            .zip(&b.frame.rgb)
+            .map(|(x, y)| x.abs_diff(*y) as u64)
+            .sum();
+        let mean = diff as f64 / a.frame.rgb.len() as f64;
+        assert!(mean <= 2.0, "frame {n}: mean |Δ| {mean:.2}");
+        n += 1;
+    }
+    assert!(theirs.next_frame().unwrap().is_none());
+    assert_eq!(n, 30);
 }

@@ -107,7 +107,7 @@ fn run_with_a_png_display_draws_the_verdict_and_blanks_it_on_stop() {
         .args([
             "run",
             "--source",
-            "samples/astronaut_zoom.mp4",
+            "tests/data/astronaut_zoom.mp4",
             "--loop",
             "--quiet",
         ])

@@ -6,7 +6,7 @@
 # peak RSS (benches/run_memory.py; --memory-seconds 0 skips it). Timings: run on an idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-clip=samples/astronaut_zoom.mp4
+clip=samples/astronaut_zoom.avi
 iterations=20
 passes=3
 threads=1

@@ -4,7 +4,7 @@ side to), over the SAME frames (ffmpeg to raw RGB, as veriface decodes). Per fra
 per face: deepfake crop + frame model, GRU step, emotion crop + model. Prints per-stage mean ms
 (or JSON with --json) in the stage names of `veriface bench`.
 
-    python benches/peer/peer.py [--clip samples/astronaut_zoom.mp4] [--iterations 20] [--json]
+    python benches/peer/peer.py [--clip samples/astronaut_zoom.avi] [--iterations 20] [--json]
 """
 import argparse
 import json
@@ -104,7 +104,7 @@ def timed(iterations: int, f) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--clip", default=str(ROOT / "samples" / "astronaut_zoom.mp4"))
+    ap.add_argument("--clip", default=str(ROOT / "samples" / "astronaut_zoom.avi"))
     ap.add_argument("--iterations", type=int, default=20)
     ap.add_argument("--passes", type=int, default=3, help="passes over the clip for the end-to-end figure")
     ap.add_argument("--detector", default="face_short")
@@ -127,7 +127,7 @@ def main() -> None:
     n = args.iterations
     stages = {
         "model load (all)": load_ms,
-        "decode (ffmpeg, per frame)": decode_ms,
+        "decode (per frame)": decode_ms,
         "detect: preprocess": timed(n, lambda: pp.detector_input(img.astype(np.float32), peer.size)),
         "detect: total": timed(n, lambda: peer.detect(img)),
         "deepfake crop+resize": timed(n, lambda: peer.deepfake_crop(img, face)),

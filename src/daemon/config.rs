@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+pub use crate::face::DetectorRange;
 use crate::pipeline::Schedule;
 use crate::source::camera::PixelFormat;
 use crate::verdict::VerdictConfig;
@@ -44,24 +45,6 @@ pub struct CameraConfig {
     pub timeout_s: f64,
     /// Longest wait between reopen attempts (back-off doubles from 0.5 s up to this).
     pub reopen_max_s: f64,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DetectorRange {
-    /// BlazeFace short range: faces within about 2 m (kiosks).
-    Short,
-    /// BlazeFace full range: faces up to about 5 m (field devices).
-    Full,
-}
-
-impl DetectorRange {
-    pub fn manifest_key(self) -> &'static str {
-        match self {
-            DetectorRange::Short => "face_short",
-            DetectorRange::Full => "face_full",
-        }
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -116,7 +116,7 @@ impl Latest {
 fn engine_config(cfg: &Config) -> Result<EngineConfig> {
     Ok(EngineConfig {
         manifest: cfg.models_path(),
-        detector: cfg.engine.detector.manifest_key().into(),
+        detector: cfg.engine.detector,
         deepfake: cfg.engine.deepfake_model.clone(),
         verdict: cfg.verdict.clone(),
         backend: cfg.backend_choice(),

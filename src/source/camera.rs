@@ -428,7 +428,7 @@ impl CameraDevice for FileCamera {
                 let src = super::open(file)
                     .map_err(|e| CameraError::Io(self.name.clone(), format!("{e:#}")))?;
                 let fps = match super::media_kind(file) {
-                    Some(super::MediaKind::Video) => super::probe(file)
+                    Some(super::MediaKind::Video) => super::video_info(file)
                         .map(|i| i.fps)
                         .unwrap_or(self.default_fps),
                     _ => self.default_fps,

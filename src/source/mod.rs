@@ -1,4 +1,5 @@
-//! Frames in: still images (decoded in Rust) and video files (decoded by the `ffmpeg` program).
+//! Frames in: still images and Motion JPEG video (AVI or bare streams, decoded in Rust, see
+//! `mjpeg`) and every other video file (decoded by the `ffmpeg` program).
 //!
 //! Why ffmpeg as a subprocess: FaceForensics++, DFDC and phone clips are H.264 in profiles up to
 //! High 4:4:4 Predictive, which pure-Rust and openh264 decoders cannot decode; libavcodec can.
@@ -36,6 +37,7 @@ pub fn media_kind(path: &Path) -> Option<MediaKind> {
 }
 
 /// A decoded frame with its position in the stream.
+#[derive(Debug)]
 pub struct TimedFrame {
     pub index: u64,
     pub seconds: f64,
@@ -100,11 +102,12 @@ pub struct VideoInfo {
     pub frames: Option<u64>,
 }
 
-fn ffmpeg_missing(program: &str, e: std::io::Error) -> anyhow::Error {
+fn ffmpeg_missing(program: &str, path: &Path, e: std::io::Error) -> anyhow::Error {
+    let path = path.display();
     if e.kind() == std::io::ErrorKind::NotFound {
-        anyhow!("`{program}` not found: video decoding needs FFmpeg (Debian/Ubuntu: apt install ffmpeg)")
+        anyhow!("{path}: `{program}` not found: this video needs FFmpeg (Motion JPEG AVI does not; Debian/Ubuntu: apt install ffmpeg)")
     } else {
-        anyhow!("cannot run `{program}`: {e}")
+        anyhow!("{path}: cannot run `{program}`: {e}")
     }
 }
 
@@ -128,7 +131,7 @@ pub fn probe(path: &Path) -> Result<VideoInfo> {
         .arg(path)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| ffmpeg_missing("ffprobe", e))?;
+        .map_err(|e| ffmpeg_missing("ffprobe", path, e))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     let stream = parsed.get("streams").and_then(|s| s.get(0));
@@ -202,7 +205,7 @@ impl VideoSource {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| ffmpeg_missing("ffmpeg", e))?;
+            .map_err(|e| ffmpeg_missing("ffmpeg", path, e))?;
         // Drain stderr on a thread so a chatty decoder cannot block on a full pipe.
         let mut err: ChildStderr = child.stderr.take().expect("stderr is piped");
         let stderr = std::thread::spawn(move || {
@@ -309,6 +312,7 @@ impl Drop for VideoSource {
 pub fn open(path: &Path) -> Result<Box<dyn FrameSource>> {
     match media_kind(path) {
         Some(MediaKind::Image) => Ok(Box::new(ImageSource::open(path)?)),
+        Some(MediaKind::Video) if mjpeg::decodes(path) => Ok(Box::new(MjpegSource::open(path)?)),
         Some(MediaKind::Video) => Ok(Box::new(VideoSource::open(path)?)),
         None => bail!(
             "{}: unsupported file type (images: {}; videos: {})",
@@ -316,6 +320,15 @@ pub fn open(path: &Path) -> Result<Box<dyn FrameSource>> {
             IMAGE_EXTENSIONS.join(", "),
             VIDEO_EXTENSIONS.join(", ")
         ),
+    }
+}
+
+/// Stream facts of a video, from the in-process decoder where it reads the file, else ffprobe.
+pub fn video_info(path: &Path) -> Result<VideoInfo> {
+    if mjpeg::decodes(path) {
+        mjpeg::info(path)
+    } else {
+        probe(path)
     }
 }
 
@@ -350,4 +363,7 @@ pub fn collect_media(path: &Path) -> Result<Vec<PathBuf>> {
 }
 
 pub mod camera;
+pub mod mjpeg;
 pub mod v4l2;
+
+pub use mjpeg::MjpegSource;
