@@ -8,14 +8,14 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::analysis::{Analyzer, EmotionScore, FaceAnalysis, DEEPFAKE_KEY};
-use crate::face::{
-    square_region, BoxF, Detection, DetectorRange, FaceDetector, PresenceCheck, Tracker,
-};
+use crate::face::{square_region, Detection, DetectorRange, FaceDetector, PresenceCheck, Tracker};
 use crate::frame::{crop_resize_into, Colour, Frame, Normalise};
 use crate::infer::{open_backend, Backend, BackendChoice, Model};
 use crate::manifest::Manifest;
 use crate::source::TimedFrame;
-use crate::verdict::{median, Label, TrackVerdict, Verdict, VerdictConfig};
+use crate::verdict::{median, Label, TrackVerdict, VerdictConfig};
+// The result types live with the verdict, below the sinks that print and store them.
+pub use crate::verdict::{FaceResult, FrameResult, Summary};
 
 /// The manifest task of the landmark model whose presence output vets each detection.
 const LANDMARKS_TASK: &str = "face_landmarks";
@@ -261,45 +261,6 @@ struct TrackState {
     probabilities: Vec<f32>,
     emotions: Vec<usize>,
     frames: usize,
-}
-
-/// One face in one frame, fully analysed.
-#[derive(Clone, Debug, Serialize)]
-pub struct FaceResult {
-    pub track: u32,
-    pub score: f64,
-    pub bbox: BoxF,
-    #[serde(flatten)]
-    pub analysis: FaceAnalysis,
-    /// False where the schedule kept the face's last analysis (no model ran for it this frame).
-    pub analysed: bool,
-    pub verdict: Verdict,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct FrameResult {
-    pub index: u64,
-    pub seconds: f64,
-    pub faces: Vec<FaceResult>,
-}
-
-/// The answer for a whole file or stream.
-#[derive(Clone, Debug, Serialize)]
-pub struct Summary {
-    pub label: Label,
-    /// Video-level fake probability: the temporal model's output where there is one, else the
-    /// median of the main track's frame probabilities.
-    pub score: Option<f32>,
-    pub score_source: &'static str,
-    pub frame_mean: Option<f32>,
-    pub confidence: f32,
-    pub consistency: f32,
-    pub frames: u64,
-    pub frames_with_faces: u64,
-    pub tracks: usize,
-    pub main_track: Option<u32>,
-    /// Share of the main track's frames per emotion, largest first.
-    pub emotions: Vec<(String, f32)>,
 }
 
 /// Per-stream state: tracker, hidden states, verdicts.

@@ -1,9 +1,13 @@
 //! Verdict stage: per track, a smoothed probability, a REAL / FAKE / UNCERTAIN decision with
-//! hysteresis, its confidence and temporal consistency. One struct, used by every output.
+//! hysteresis, its confidence and temporal consistency. One struct, used by every output; and
+//! the results a stream hands to the outputs (per face, per frame, per file).
 
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
+
+use crate::analysis::FaceAnalysis;
+use crate::face::BoxF;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -213,6 +217,47 @@ pub fn median(values: impl IntoIterator<Item = f32>) -> f32 {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
+}
+
+// ---------------------------------------------------------------- results
+
+/// One face in one frame, fully analysed.
+#[derive(Clone, Debug, Serialize)]
+pub struct FaceResult {
+    pub track: u32,
+    pub score: f64,
+    pub bbox: BoxF,
+    #[serde(flatten)]
+    pub analysis: FaceAnalysis,
+    /// False where the schedule kept the face's last analysis (no model ran for it this frame).
+    pub analysed: bool,
+    pub verdict: Verdict,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FrameResult {
+    pub index: u64,
+    pub seconds: f64,
+    pub faces: Vec<FaceResult>,
+}
+
+/// The answer for a whole file or stream.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub label: Label,
+    /// Video-level fake probability: the temporal model's output where there is one, else the
+    /// median of the main track's frame probabilities.
+    pub score: Option<f32>,
+    pub score_source: &'static str,
+    pub frame_mean: Option<f32>,
+    pub confidence: f32,
+    pub consistency: f32,
+    pub frames: u64,
+    pub frames_with_faces: u64,
+    pub tracks: usize,
+    pub main_track: Option<u32>,
+    /// Share of the main track's frames per emotion, largest first.
+    pub emotions: Vec<(String, f32)>,
 }
 
 #[cfg(test)]
