@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::daemon::config::DAEMON_SCHEDULE;
-use crate::pipeline::{Engine, EngineConfig, Schedule, StageTimings};
+use crate::pipeline::{Engine, EngineConfig, Schedule, StageTimings, DAEMON_SCHEDULE};
 use crate::source::{self, TimedFrame};
 
 #[derive(Serialize)]
@@ -203,51 +202,7 @@ pub fn run(
         .into_iter()
         .next()
         .with_context(|| format!("{}: no face in the first frame", clip.display()))?;
-    if let Some(df) = &engine.analyzer.deepfake {
-        rows.push(row(
-            "deepfake crop+resize",
-            time(iterations, || Ok(df.crop.tensor(frame, &det)))?,
-        ));
-        rows.push(row(
-            "deepfake frame model",
-            time(iterations, || engine.analyzer.deepfake_frame(frame, &det))?,
-        ));
-        if let Some(tm) = &engine.analyzer.temporal {
-            let (_, features) = engine
-                .analyzer
-                .deepfake_frame(frame, &det)?
-                .expect("deepfake model present");
-            let mut hidden = tm.initial_state();
-            rows.push(row(
-                "temporal GRU step",
-                time(iterations, || tm.step(&features, &mut hidden))?,
-            ));
-        }
-    }
-    if let Some(em) = &engine.analyzer.emotion {
-        rows.push(row(
-            "emotion crop+resize",
-            time(iterations, || Ok(em.crop.tensor(frame, &det)))?,
-        ));
-        rows.push(row(
-            "emotion model",
-            time(iterations, || engine.analyzer.emotion(frame, &det))?,
-        ));
-    }
-    // Backbone forms, on the same crop, whatever the manifest holds.
-    let backend = crate::infer::open_backend(&engine.config.backend, engine.config.threads)?;
-    for key in ["backbone", "backbone_int8_qdq", "backbone_int8_qop"] {
-        let Some(spec) = engine.manifest.models.get(key) else {
-            continue;
-        };
-        let model = backend.load(&engine.manifest, key)?;
-        let crop = crate::analysis::CropSpec::from_model(spec)?;
-        let input = crop.tensor(frame, &det);
-        rows.push(row(
-            &format!("{key} ({})", model.provider()),
-            time(iterations, || model.run(std::slice::from_ref(&input)))?,
-        ));
-    }
+    rows.extend(face_stage_rows(&engine, frame, &det, iterations)?);
     // End to end, like the peer: every model on every frame.
     let every = end_to_end(&engine, &frames, Schedule::EVERY_FRAME, passes)?;
     rows.push(row(
@@ -275,6 +230,63 @@ pub fn run(
     };
     print_rows(&rows, Some(&summary), json)?;
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Per-face stages on one face: crops, the deepfake frame model and GRU step, emotion, and the
+/// backbone forms the manifest holds.
+fn face_stage_rows(
+    engine: &Engine,
+    frame: &crate::frame::Frame,
+    det: &crate::face::Detection,
+    iterations: u32,
+) -> Result<Vec<StageRow>> {
+    let mut rows = Vec::new();
+    if let Some(df) = &engine.analyzer.deepfake {
+        rows.push(row(
+            "deepfake crop+resize",
+            time(iterations, || Ok(df.crop.tensor(frame, det)))?,
+        ));
+        rows.push(row(
+            "deepfake frame model",
+            time(iterations, || engine.analyzer.deepfake_frame(frame, det))?,
+        ));
+        if let Some(tm) = &engine.analyzer.temporal {
+            let (_, features) = engine
+                .analyzer
+                .deepfake_frame(frame, det)?
+                .expect("deepfake model present");
+            let mut hidden = tm.initial_state();
+            rows.push(row(
+                "temporal GRU step",
+                time(iterations, || tm.step(&features, &mut hidden))?,
+            ));
+        }
+    }
+    if let Some(em) = &engine.analyzer.emotion {
+        rows.push(row(
+            "emotion crop+resize",
+            time(iterations, || Ok(em.crop.tensor(frame, det)))?,
+        ));
+        rows.push(row(
+            "emotion model",
+            time(iterations, || engine.analyzer.emotion(frame, det))?,
+        ));
+    }
+    // Backbone forms, on the same crop, whatever the manifest holds.
+    let backend = crate::infer::open_backend(&engine.config.backend, engine.config.threads)?;
+    for key in ["backbone", "backbone_int8_qdq", "backbone_int8_qop"] {
+        let Some(spec) = engine.manifest.models.get(key) else {
+            continue;
+        };
+        let model = backend.load(&engine.manifest, key)?;
+        let crop = crate::analysis::CropSpec::from_model(spec)?;
+        let input = crop.tensor(frame, det);
+        rows.push(row(
+            &format!("{key} ({})", model.provider()),
+            time(iterations, || model.run(std::slice::from_ref(&input)))?,
+        ));
+    }
+    Ok(rows)
 }
 
 struct EndToEnd {

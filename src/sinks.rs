@@ -1,10 +1,12 @@
-//! Outputs: the text/JSON report and PNG plots for one-shot runs; for the daemon, the records
-//! (and the display and LEDs), each behind [`crate::daemon::Output`].
+//! Outputs: the text/JSON report and PNG plots for one-shot runs; for a live run, the records,
+//! the display and the LEDs, each behind [`output::Output`]. Sinks know the results they are
+//! given and their own config sections, nothing of the daemon that drives them.
 
 pub mod canvas;
 pub mod display;
 pub mod explain;
 pub mod leds;
+pub mod output;
 pub mod plot;
 pub mod records;
 pub mod report;
@@ -12,27 +14,35 @@ pub mod report;
 use std::fs::File;
 use std::path::Path;
 
-use crate::daemon::config::Config;
-use crate::daemon::Output;
+pub use output::{DaemonEvent, LiveView, Output};
+
+/// What the live outputs are built from: their config sections and two facts they record.
+pub struct OutputsConfig<'a> {
+    pub device_id: &'a str,
+    /// Manifest key of the frame deepfake model (its hash goes into the records).
+    pub deepfake_model: &'a str,
+    pub records: &'a records::RecordsConfig,
+    pub display: &'a display::DisplayConfig,
+    pub leds: &'a leds::LedConfig,
+}
 
 /// The outputs a config asks for. One that cannot start is reported in one line and left out:
-/// the daemon goes on with the others.
-pub fn outputs(cfg: &Config) -> Vec<Box<dyn Output>> {
+/// the run goes on with the others.
+pub fn open_outputs(cfg: &OutputsConfig) -> Vec<Box<dyn Output>> {
     let mut out: Vec<Box<dyn Output>> = Vec::new();
     if cfg.records.enabled {
-        match records::RecordsOutput::open(cfg) {
+        match records::RecordsOutput::open(cfg.records, cfg.device_id, cfg.deepfake_model) {
             Ok(r) => out.push(Box::new(r)),
             Err(e) => log::error!("records off: {e:#}"),
         }
     }
-    if cfg.display.kind != "none" {
-        match display::open(&cfg.display.kind, &cfg.display.path) {
-            Ok(panel) => out.push(Box::new(display::DisplayOutput::new(panel))),
-            Err(e) => log::error!("display off: {e:#}"),
-        }
+    match display::open(cfg.display) {
+        Ok(Some(panel)) => out.push(Box::new(display::DisplayOutput::new(panel))),
+        Ok(None) => {}
+        Err(e) => log::error!("display off: {e:#}"),
     }
-    if cfg.leds.kind != "none" {
-        match leds::open(&cfg.leds) {
+    if cfg.leds.kind != leds::LedDriver::None {
+        match leds::open(cfg.leds) {
             Ok(l) => out.push(Box::new(l)),
             Err(e) => log::error!("LEDs off: {e:#}"),
         }

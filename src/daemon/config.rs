@@ -9,7 +9,14 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 pub use crate::face::DetectorRange;
+pub use crate::infer::BackendKind;
+// The outputs' sections: defined by the sinks that read them.
+pub use crate::sinks::display::DisplayConfig;
+pub use crate::sinks::leds::LedConfig;
+pub use crate::sinks::records::RecordsConfig;
+// The realtime schedule is the pipeline's; the daemon makes it its default.
 use crate::pipeline::Schedule;
+pub use crate::pipeline::DAEMON_SCHEDULE;
 use crate::source::camera::PixelFormat;
 use crate::verdict::VerdictConfig;
 
@@ -47,18 +54,6 @@ pub struct CameraConfig {
     pub reopen_max_s: f64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendKind {
-    Tract,
-    /// ONNX Runtime with the `[onnxruntime]` providers (TensorRT -> CUDA -> CPU by default);
-    /// `tensorrt` is the same backend under the name board profiles use.
-    #[serde(alias = "tensorrt")]
-    Onnxruntime,
-    /// ONNX Runtime where the build has it, a GPU answers and the library is found; else tract.
-    Auto,
-}
-
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineSection {
@@ -77,46 +72,6 @@ pub struct EngineSection {
     pub min_change: f32,
     /// ...and at least once every this many frames of the track.
     pub max_reuse: u32,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DisplayConfig {
-    /// none | png (320x240 colour) | png-oled (128x64 mono) | fb | ssd1306
-    pub kind: String,
-    /// png: output file; fb: framebuffer device; ssd1306: I2C bus device.
-    pub path: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LedConfig {
-    /// none | rppal | gpiocdev
-    pub kind: String,
-    /// gpiocdev: the chip (e.g. /dev/gpiochip0).
-    pub chip: String,
-    /// BCM / line numbers; -1 = not fitted.
-    pub green: i32,
-    pub red: i32,
-    pub amber: i32,
-    pub buzzer: i32,
-    pub active_low: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RecordsConfig {
-    pub enabled: bool,
-    pub dir: String,
-    /// 0: flush after every record; else at most this many ms of records can be lost.
-    pub flush_ms: u64,
-    pub rotate_kib: u64,
-    pub keep_files: u32,
-    /// Stop writing (one warning) below this much free space; resume above it.
-    pub min_free_mib: u64,
-    /// A face record per track at verdict changes and at most this often otherwise (0: every
-    /// analysed frame).
-    pub face_interval_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -189,43 +144,6 @@ impl Default for EngineSection {
     }
 }
 
-impl Default for DisplayConfig {
-    fn default() -> Self {
-        DisplayConfig {
-            kind: "none".into(),
-            path: String::new(),
-        }
-    }
-}
-
-impl Default for LedConfig {
-    fn default() -> Self {
-        LedConfig {
-            kind: "none".into(),
-            chip: "/dev/gpiochip0".into(),
-            green: -1,
-            red: -1,
-            amber: -1,
-            buzzer: -1,
-            active_low: false,
-        }
-    }
-}
-
-impl Default for RecordsConfig {
-    fn default() -> Self {
-        RecordsConfig {
-            enabled: true,
-            dir: "/var/lib/veriface/records".into(),
-            flush_ms: 1000,
-            rotate_kib: 4096,
-            keep_files: 16,
-            min_free_mib: 64,
-            face_interval_ms: 1000,
-        }
-    }
-}
-
 impl Default for StatusConfig {
     fn default() -> Self {
         StatusConfig {
@@ -252,29 +170,32 @@ impl Default for PrivacyConfig {
     }
 }
 
+/// `section.key` for a `key = value` line (1-based), from the nearest `[section]` above it.
+fn key_at(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let here = lines.get(line.checked_sub(1)?)?.trim();
+    let key = here.split_once('=')?.0.trim();
+    if key.is_empty() || key.starts_with('[') || key.starts_with('#') {
+        return None;
+    }
+    let section = lines[..line - 1]
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with('[') && !l.starts_with("[["))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim());
+    Some(match section {
+        Some(s) => format!("{s}.{key}"),
+        None => key.to_string(),
+    })
+}
+
 fn positive(name: &str, v: f64) -> Result<()> {
     if !(v.is_finite() && v > 0.0) {
         bail!("{name} = {v}: must be a positive number");
     }
     Ok(())
 }
-
-fn one_of(name: &str, v: &str, allowed: &[&str]) -> Result<()> {
-    if !allowed.contains(&v) {
-        bail!("{name} = {v:?}: must be one of {}", allowed.join(", "));
-    }
-    Ok(())
-}
-
-/// The daemon's default schedule: a live camera gives many near-identical frames.
-/// detect_every 3: at 30 frames/s a face moves little in 100 ms, and tracks carry it between.
-/// min_change 2 grey levels: above what sensor noise leaves after the thumbnail's averaging.
-/// max_reuse 10: every face is analysed afresh at least 3 times a second at 30 frames/s.
-pub const DAEMON_SCHEDULE: Schedule = Schedule {
-    detect_every: 3,
-    min_change: 2.0,
-    max_reuse: 10,
-};
 
 impl Config {
     pub fn schedule(&self) -> Schedule {
@@ -287,12 +208,7 @@ impl Config {
 
     /// The backend to build from `engine.backend` and `[onnxruntime]`.
     pub fn backend_choice(&self) -> crate::infer::BackendChoice {
-        use crate::infer::BackendChoice;
-        match self.engine.backend {
-            BackendKind::Tract => BackendChoice::Tract,
-            BackendKind::Onnxruntime => BackendChoice::Onnxruntime(self.onnxruntime.clone()),
-            BackendKind::Auto => BackendChoice::Auto(self.onnxruntime.clone()),
-        }
+        self.engine.backend.choice(self.onnxruntime.clone())
     }
 
     /// Parse and check; the error names the file and the key.
@@ -304,6 +220,7 @@ impl Config {
 
     pub fn parse(text: &str) -> Result<Config> {
         let cfg: Config = toml::from_str(text).map_err(|e| {
+            // The key the error is about, e.g. `display.kind`, named as in the file.
             // toml's message spans several lines with a source excerpt: keep the first line
             // and the key it names, so the error stays one line.
             let msg = e
@@ -316,7 +233,10 @@ impl Config {
                 Some(span) => {
                     let before = &text.as_bytes()[..span.start.min(text.len())];
                     let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
-                    anyhow::anyhow!("line {line}: {msg}")
+                    match key_at(text, line) {
+                        Some(key) => anyhow::anyhow!("line {line}: {key}: {msg}"),
+                        None => anyhow::anyhow!("line {line}: {msg}"),
+                    }
                 }
                 None => anyhow::anyhow!("{msg}"),
             }
@@ -355,26 +275,27 @@ impl Config {
         self.verdict
             .validate()
             .map_err(|e| anyhow::anyhow!("verdict: {e}"))?;
-        one_of(
-            "display.kind",
-            &self.display.kind,
-            &["none", "png", "png-oled", "fb", "ssd1306"],
-        )?;
-        if self.display.kind != "none" && self.display.path.is_empty() {
+        if self
+            .display
+            .path()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
             bail!(
                 "display.path: needed for display.kind = {:?}",
-                self.display.kind
+                self.display.kind()
             );
         }
-        one_of("leds.kind", &self.leds.kind, &["none", "rppal", "gpiocdev"])?;
         for (name, pin) in [
             ("leds.green", self.leds.green),
             ("leds.red", self.leds.red),
             ("leds.amber", self.leds.amber),
             ("leds.buzzer", self.leds.buzzer),
         ] {
-            if !(-1..=511).contains(&pin) {
-                bail!("{name} = {pin}: a GPIO line number, or -1 for none");
+            match pin {
+                Some(pin) if pin > 511 => {
+                    bail!("{name} = {pin}: a GPIO line number (leave the key out for none)")
+                }
+                _ => {}
             }
         }
         let r = &self.records;

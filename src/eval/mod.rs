@@ -64,35 +64,37 @@ pub fn collect_items(dir: &Path) -> Result<Vec<Item>> {
         if !root.is_dir() {
             continue;
         }
-        let mut stack = vec![root.clone()];
-        while let Some(folder) = stack.pop() {
-            let mut images = Vec::new();
-            let entries = std::fs::read_dir(&folder)
-                .with_context(|| format!("{}: cannot list folder", folder.display()))?;
-            for entry in entries {
-                let p = entry
-                    .with_context(|| format!("{}: cannot list folder", folder.display()))?
-                    .path();
-                if p.is_dir() {
-                    stack.push(p);
-                    continue;
-                }
-                match source::media_kind(&p) {
-                    Some(MediaKind::Video) => items.push(Item {
-                        fake,
-                        media: Media::Video(p),
-                    }),
-                    Some(MediaKind::Image) => images.push(p),
-                    None => {}
-                }
+        // Images grouped by the folder that holds them; videos are items on their own.
+        let mut folders: std::collections::BTreeMap<PathBuf, Vec<PathBuf>> = Default::default();
+        for entry in walkdir::WalkDir::new(&root).follow_links(true) {
+            let entry = entry.map_err(|e| {
+                let at = e.path().unwrap_or(&root).display().to_string();
+                anyhow::anyhow!("{at}: cannot list folder: {e}")
+            })?;
+            if entry.file_type().is_dir() {
+                continue;
             }
+            let p = entry.into_path();
+            match source::media_kind(&p) {
+                Some(MediaKind::Video) => items.push(Item {
+                    fake,
+                    media: Media::Video(p),
+                }),
+                Some(MediaKind::Image) => {
+                    let folder = p.parent().unwrap_or(&root).to_path_buf();
+                    folders.entry(folder).or_default().push(p);
+                }
+                None => {}
+            }
+        }
+        for (folder, mut images) in folders {
             images.sort();
             if folder == root {
                 items.extend(images.into_iter().map(|p| Item {
                     fake,
                     media: Media::Image(p),
                 }));
-            } else if !images.is_empty() {
+            } else {
                 items.push(Item {
                     fake,
                     media: Media::Frames(folder, images),

@@ -68,6 +68,36 @@ pub fn warm_up(model: &dyn Model, manifest: &Manifest, key: &str) -> Result<std:
     Ok(started.elapsed())
 }
 
+/// The inference backend by name; the CLI (`--backend`) and the config (`engine.backend`) both
+/// use this.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Pure Rust, every board
+    Tract,
+    /// ONNX Runtime (libonnxruntime.so from $ORT_DYLIB_PATH or the usual places) with the
+    /// configured providers (TensorRT -> CUDA -> CPU by default); needs a build with --features
+    /// tensorrt. `tensorrt` is the same backend under the name board profiles use.
+    #[serde(alias = "tensorrt")]
+    #[value(alias = "tensorrt")]
+    Onnxruntime,
+    /// ONNX Runtime where the build has it, a GPU answers and the library is found; else tract
+    Auto,
+}
+
+impl BackendKind {
+    /// The backend to build, with these ONNX Runtime options where it is ONNX Runtime.
+    pub fn choice(self, ort: accel::OrtOptions) -> BackendChoice {
+        match self {
+            BackendKind::Tract => BackendChoice::Tract,
+            BackendKind::Onnxruntime => BackendChoice::Onnxruntime(ort),
+            BackendKind::Auto => BackendChoice::Auto(ort),
+        }
+    }
+}
+
 /// Which backend to build, from the config (`engine.backend` and `[onnxruntime]`).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub enum BackendChoice {

@@ -12,10 +12,77 @@ use embedded_graphics::pixelcolor::Rgb888;
 use embedded_graphics::prelude::*;
 use embedded_graphics::primitives::{PrimitiveStyle, Rectangle};
 use embedded_graphics::text::{Alignment, Text};
+use serde::{Deserialize, Serialize};
 
 use super::canvas::RgbCanvas;
-use crate::daemon::{DaemonEvent, LiveView, Output};
+use super::output::{DaemonEvent, LiveView, Output};
 use crate::verdict::Label;
+
+/// The `[display]` section of the daemon config: which panel, and where it is. Each kind carries
+/// only what it needs, so a panel kind without its path is refused when the config is read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum DisplayConfig {
+    /// No display.
+    None {
+        /// Ignored. Configs written before kinds were checked say `path = ""` here.
+        #[serde(default, skip_serializing)]
+        path: Option<PathBuf>,
+    },
+    /// A 320x240 colour PNG, rewritten when the shown state changes.
+    Png { path: PathBuf },
+    /// The 128x64 monochrome layout as a PNG.
+    PngOled { path: PathBuf },
+    /// A Linux framebuffer device (HDMI, DSI, fbtft SPI panels).
+    Fb { path: PathBuf },
+    /// A 128x64 SSD1306 OLED on an I2C bus device (address 0x3C).
+    Ssd1306 { path: PathBuf },
+}
+
+impl Default for DisplayConfig {
+    fn default() -> Self {
+        DisplayConfig::None { path: None }
+    }
+}
+
+impl DisplayConfig {
+    pub const KINDS: &'static str = "none, png, png-oled, fb, ssd1306";
+
+    /// From a kind name and a path (the `--display KIND:PATH` override).
+    pub fn from_kind(kind: &str, path: &Path) -> Result<Self> {
+        let path = path.to_path_buf();
+        Ok(match kind {
+            "none" => DisplayConfig::None { path: None },
+            "png" => DisplayConfig::Png { path },
+            "png-oled" => DisplayConfig::PngOled { path },
+            "fb" => DisplayConfig::Fb { path },
+            "ssd1306" => DisplayConfig::Ssd1306 { path },
+            other => bail!("display.kind = {other:?}: one of {}", Self::KINDS),
+        })
+    }
+
+    /// The panel's file or device; None without a display.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            DisplayConfig::None { .. } => None,
+            DisplayConfig::Png { path }
+            | DisplayConfig::PngOled { path }
+            | DisplayConfig::Fb { path }
+            | DisplayConfig::Ssd1306 { path } => Some(path),
+        }
+    }
+
+    /// The kind as the config spells it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DisplayConfig::None { .. } => "none",
+            DisplayConfig::Png { .. } => "png",
+            DisplayConfig::PngOled { .. } => "png-oled",
+            DisplayConfig::Fb { .. } => "fb",
+            DisplayConfig::Ssd1306 { .. } => "ssd1306",
+        }
+    }
+}
 
 /// Everything the screen shows; the panel is redrawn only when this changes.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,7 +116,7 @@ impl Screen {
             }),
             faces: view.result.faces.len(),
             fps: view.fps.round().clamp(0.0, 999.0) as u16,
-            camera: crate::daemon::camera_name(view.camera).to_string(),
+            camera: view.camera.name().to_string(),
         }
     }
 }
@@ -576,23 +643,22 @@ impl Output for DisplayOutput {
     }
 }
 
-/// The display a config asks for.
-pub fn open(kind: &str, path: &str) -> Result<Box<dyn Panel>> {
-    match kind {
-        "png" => Ok(Box::new(PngPanel {
-            path: PathBuf::from(path),
-            width: 320,
-            height: 240,
-        })),
-        "png-oled" => Ok(Box::new(PngPanel {
-            path: PathBuf::from(path),
-            width: 128,
-            height: 64,
-        })),
-        "fb" => Ok(Box::new(FramebufferPanel::open(Path::new(path))?)),
-        "ssd1306" => Ok(Box::new(Ssd1306Panel::open(Path::new(path))?)),
-        other => bail!("display.kind = {other:?}: no driver in this build (png, png-oled, fb)"),
-    }
+/// The display a config asks for; None when it asks for none.
+pub fn open(cfg: &DisplayConfig) -> Result<Option<Box<dyn Panel>>> {
+    let png = |path: &Path, width, height| -> Box<dyn Panel> {
+        Box::new(PngPanel {
+            path: path.to_path_buf(),
+            width,
+            height,
+        })
+    };
+    Ok(Some(match cfg {
+        DisplayConfig::None { .. } => return Ok(None),
+        DisplayConfig::Png { path } => png(path, 320, 240),
+        DisplayConfig::PngOled { path } => png(path, 128, 64),
+        DisplayConfig::Fb { path } => Box::new(FramebufferPanel::open(path)?),
+        DisplayConfig::Ssd1306 { path } => Box::new(Ssd1306Panel::open(path)?),
+    }))
 }
 
 #[cfg(test)]

@@ -6,10 +6,91 @@
 use std::path::Path;
 
 use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
 
-use crate::daemon::config::LedConfig;
-use crate::daemon::{DaemonEvent, LiveView, Output};
+use super::output::{DaemonEvent, LiveView, Output};
 use crate::verdict::Label;
+
+/// The `[leds]` section of the daemon config.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedConfig {
+    pub kind: LedDriver,
+    /// gpiocdev: the chip (e.g. /dev/gpiochip0).
+    pub chip: String,
+    /// BCM / line numbers; leave a key out where that LED is not fitted.
+    #[serde(deserialize_with = "pin", skip_serializing_if = "Option::is_none")]
+    pub green: Option<u32>,
+    #[serde(deserialize_with = "pin", skip_serializing_if = "Option::is_none")]
+    pub red: Option<u32>,
+    #[serde(deserialize_with = "pin", skip_serializing_if = "Option::is_none")]
+    pub amber: Option<u32>,
+    #[serde(deserialize_with = "pin", skip_serializing_if = "Option::is_none")]
+    pub buzzer: Option<u32>,
+    pub active_low: bool,
+}
+
+/// A pin number. -1 meant "not fitted" before pins were optional, and configs kept across
+/// package upgrades still say it, so it still reads as not fitted.
+fn pin<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<u32>, D::Error> {
+    let v = <i64 as serde::Deserialize>::deserialize(d)?;
+    match v {
+        -1 => Ok(None),
+        0..=0xFFFF_FFFF => Ok(Some(v as u32)),
+        _ => Err(serde::de::Error::custom(format!(
+            "{v}: a GPIO line number (leave the key out where no LED is fitted)"
+        ))),
+    }
+}
+
+/// How the LEDs are driven.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LedDriver {
+    /// No LEDs.
+    None,
+    /// Raspberry Pi GPIO through rppal (Pi 4 and earlier).
+    Rppal,
+    /// Any board's GPIO character device (Pi 5, Jetson).
+    Gpiocdev,
+}
+
+impl std::str::FromStr for LedDriver {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "none" => LedDriver::None,
+            "rppal" => LedDriver::Rppal,
+            "gpiocdev" => LedDriver::Gpiocdev,
+            other => bail!("leds.kind = {other:?}: one of none, rppal, gpiocdev"),
+        })
+    }
+}
+
+impl std::fmt::Display for LedDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LedDriver::None => "none",
+            LedDriver::Rppal => "rppal",
+            LedDriver::Gpiocdev => "gpiocdev",
+        })
+    }
+}
+
+impl Default for LedConfig {
+    fn default() -> Self {
+        LedConfig {
+            kind: LedDriver::None,
+            chip: "/dev/gpiochip0".into(),
+            green: None,
+            red: None,
+            amber: None,
+            buzzer: None,
+            active_low: false,
+        }
+    }
+}
 
 /// One output line.
 pub trait Pin: Send {
@@ -315,31 +396,38 @@ impl Pin for RppalPin {
     }
 }
 
-/// The LEDs a config asks for; a pin set to -1 is not fitted.
+/// The LEDs a config asks for; a pin left out is not fitted.
 pub fn open(cfg: &LedConfig) -> Result<LedOutput> {
     let lines = [cfg.green, cfg.red, cfg.amber, cfg.buzzer];
-    if lines.iter().all(|&l| l < 0) {
+    if lines.iter().all(Option::is_none) {
         bail!(
             "leds.kind = {:?} but no pin is set (leds.green/red/amber/buzzer)",
-            cfg.kind
+            cfg.kind.to_string()
         );
     }
     let mut pins: [Option<Box<dyn Pin>>; 4] = [None, None, None, None];
     for (slot, &line) in pins.iter_mut().zip(&lines) {
-        if line < 0 {
+        let Some(line) = line else {
             continue;
-        }
-        *slot = Some(match cfg.kind.as_str() {
-            "gpiocdev" => Box::new(CdevPin::open(
-                Path::new(&cfg.chip),
-                line as u32,
-                cfg.active_low,
-            )?),
-            "rppal" => Box::new(RppalPin::open(line as u8, cfg.active_low)?),
-            other => bail!("leds.kind = {other:?}: none, rppal or gpiocdev"),
+        };
+        *slot = Some(match cfg.kind {
+            LedDriver::Gpiocdev => {
+                Box::new(CdevPin::open(Path::new(&cfg.chip), line, cfg.active_low)?)
+            }
+            LedDriver::Rppal => {
+                let bcm = u8::try_from(line).map_err(|_| {
+                    anyhow::anyhow!("leds: pin {line} is not a Raspberry Pi BCM pin")
+                })?;
+                Box::new(RppalPin::open(bcm, cfg.active_low)?)
+            }
+            LedDriver::None => bail!("leds.kind = \"none\": no LEDs to open"),
         });
     }
-    let describe = format!("LEDs ({}) {:?}", cfg.kind, lines);
+    let fitted: Vec<String> = lines
+        .iter()
+        .map(|l| l.map_or("-".to_string(), |l| l.to_string()))
+        .collect();
+    let describe = format!("LEDs ({}) [{}]", cfg.kind, fitted.join(", "));
     let mut out = LedOutput::new(pins, describe);
     out.all_off()?;
     Ok(out)

@@ -10,7 +10,7 @@ use embedded_graphics::primitives::{Line, PrimitiveStyle, Rectangle};
 use embedded_graphics::text::Text;
 
 use super::canvas::RgbCanvas;
-use crate::pipeline::FrameResult;
+use crate::verdict::FrameResult;
 
 const W: i32 = 720;
 const LEFT: i32 = 70;

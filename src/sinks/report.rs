@@ -4,8 +4,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::pipeline::{FrameResult, Summary};
 use crate::verdict::Label;
+use crate::verdict::{FrameResult, Summary};
 
 /// `frame 120  t=4.80s  face 1  deepfake 0.872  emotion neutral 0.71`
 pub fn frame_lines(f: &FrameResult) -> Vec<String> {

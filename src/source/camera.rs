@@ -201,6 +201,18 @@ pub enum CameraState {
     Ended,
 }
 
+impl CameraState {
+    /// One word for status files and screens.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CameraState::Opening => "opening",
+            CameraState::Streaming(_) => "streaming",
+            CameraState::Lost(_) => "lost",
+            CameraState::Ended => "ended",
+        }
+    }
+}
+
 /// Something the rest of the daemon should hear about.
 #[derive(Clone, Debug, PartialEq)]
 pub enum CameraEvent {

@@ -340,19 +340,13 @@ pub fn collect_media(path: &Path) -> Result<Vec<PathBuf>> {
         return Ok(vec![path.to_path_buf()]);
     }
     let mut out = Vec::new();
-    let mut stack = vec![path.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let entries = std::fs::read_dir(&dir)
-            .with_context(|| format!("{}: cannot list folder", dir.display()))?;
-        for entry in entries {
-            let p = entry
-                .with_context(|| format!("{}: cannot list folder", dir.display()))?
-                .path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if media_kind(&p).is_some() {
-                out.push(p);
-            }
+    for entry in walkdir::WalkDir::new(path).follow_links(true) {
+        let entry = entry.map_err(|e| {
+            let at = e.path().unwrap_or(path).display().to_string();
+            anyhow!("{at}: cannot list folder: {e}")
+        })?;
+        if !entry.file_type().is_dir() && media_kind(entry.path()).is_some() {
+            out.push(entry.into_path());
         }
     }
     out.sort();

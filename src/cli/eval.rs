@@ -1,0 +1,114 @@
+//! `eval`: metrics on a labelled folder.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+
+use veriface::verdict::VerdictConfig;
+
+use super::flags::{Cli, EvalArgs};
+use super::resolve::engine_config;
+
+use veriface::eval::{self, metrics, plots, EvalOptions, EvalReport, Outcome};
+
+pub(crate) fn eval(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
+    if !(0.0..=1.0).contains(&args.threshold) {
+        anyhow::bail!("--threshold {}: must be within 0..1", args.threshold);
+    }
+    if let Some(t) = args.calibrate {
+        if !(0.0..1.0).contains(&t) {
+            anyhow::bail!("--calibrate {t}: a BPCER rate within 0..1, e.g. 0.01");
+        }
+    }
+    let items = eval::collect_items(&args.dir)?;
+    let mut config = engine_config(cli, args.detector, args.threshold);
+    config.verdict = VerdictConfig::centred_on(args.threshold);
+    config.deepfake = args.deepfake_model.clone();
+    let opts = EvalOptions {
+        every: args.every,
+        max_frames: args.max_frames,
+        cropped: args.cropped,
+        jobs: args.jobs as usize,
+    };
+    let show = std::io::stderr().is_terminal();
+    let outcomes = eval::score_all(&config, &items, &opts, &|done, total| {
+        if show {
+            let width = 30;
+            let filled = done * width / total.max(1);
+            eprint!(
+                "\r[{}{}] {done}/{total} items",
+                "#".repeat(filled),
+                " ".repeat(width - filled)
+            );
+            if done == total {
+                eprintln!();
+            }
+        }
+    })?;
+    let threshold = match args.calibrate {
+        Some(target) => calibrate(&outcomes, target)?,
+        None => args.threshold,
+    };
+    let report = eval::report(outcomes, threshold)?;
+    print!("{}", report.render());
+    if let Some(dir) = &args.plots {
+        write_plots(&report, threshold, dir)?;
+    }
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    Ok(if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `--calibrate`: the threshold for this BPCER on the video scores, printed as a config section.
+fn calibrate(outcomes: &[Outcome], target: f64) -> Result<f32> {
+    let (_, videos, _) = eval::scored(outcomes);
+    let (t, c) = metrics::threshold_for_bpcer(&videos, target)?;
+    println!(
+        "# calibrated on {} items for BPCER <= {target}: BPCER {:.4}, APCER {:.4}",
+        videos.len(),
+        c.bpcer(),
+        c.apcer()
+    );
+    let v = VerdictConfig::centred_on(t);
+    println!(
+        "[verdict]\nthreshold = {}\nfake_enter = {}\nfake_exit = {}\nreal_enter = {}\nreal_exit = {}\n",
+        v.threshold, v.fake_enter, v.fake_exit, v.real_enter, v.real_exit
+    );
+    Ok(t)
+}
+
+/// `--plots`: ROC curves and score histograms.
+fn write_plots(report: &EvalReport, threshold: f32, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("{}: cannot create plot folder", dir.display()))?;
+    let (frames, videos, means) = eval::scored(
+        &report
+            .items
+            .iter()
+            .cloned()
+            .map(Outcome::Scored)
+            .collect::<Vec<_>>(),
+    );
+    plots::roc_plot(
+        &[
+            ("frame", &frames, report.frame.auc),
+            ("video", &videos, report.video.auc),
+            ("video (frame mean)", &means, report.video_frame_mean.auc),
+        ],
+        &dir.join("roc.png"),
+    )?;
+    plots::histogram_plot(
+        &[("frame", &frames), ("video", &videos)],
+        threshold,
+        &dir.join("histograms.png"),
+    )
+}

@@ -1,0 +1,262 @@
+//! Flag definitions: what the user can type, as clap parses it. Resolution into library
+//! settings is in `resolve.rs`; the commands are in their own files.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use veriface::face::DetectorRange;
+use veriface::infer::accel::Provider;
+use veriface::infer::BackendKind;
+
+#[derive(Parser)]
+#[command(
+    name = "veriface",
+    version,
+    about = "Live person or deepfake, and which emotion, face by face — on edge boards"
+)]
+pub(crate) struct Cli {
+    /// Model manifest (default: $VERIFACE_MODELS/manifest.toml, ./models, or the installed models)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub(crate) models: Option<PathBuf>,
+    /// Inference backend for analyze, eval, bench and models (the daemon reads its config)
+    #[arg(long, global = true, value_enum, default_value = "tract")]
+    pub(crate) backend: BackendKind,
+    /// ONNX Runtime execution providers, tried in order (with --backend onnxruntime|auto)
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "tensorrt,cuda,cpu"
+    )]
+    pub(crate) providers: Vec<Provider>,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Analyse images, videos, or every image and video under a folder
+    Analyze(AnalyzeArgs),
+    /// Metrics on a labelled set: DIR/real and DIR/fake (images, videos, folders of frames)
+    Eval(EvalArgs),
+    /// Check the model manifest: every file present, sha256 matching, loadable by the backend
+    Models {
+        #[command(subcommand)]
+        action: Option<ModelsAction>,
+    },
+    /// Per-stage latency and end-to-end frames per second on a clip (--threads N, default one)
+    Bench(BenchArgs),
+    /// The daemon: capture from the camera (or --source), analyse every face live
+    Run(RunArgs),
+    /// Print the running daemon's status snapshot
+    Status {
+        /// Status file (default: status.path from the config)
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Daemon config file
+        #[arg(long, default_value = veriface::daemon::config::DEFAULT_CONFIG, value_name = "FILE")]
+        config: PathBuf,
+        /// Print the raw JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Daemon config files
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Verdict records written by the daemon (.vfr files)
+    #[command(subcommand)]
+    Log(LogCommand),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum LogCommand {
+    /// Every intact record as JSON lines (or CSV); damaged spans reported on stderr
+    Decode {
+        /// Record files, or folders of them (decoded oldest first)
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// CSV with a header instead of JSON lines
+        #[arg(long)]
+        csv: bool,
+        /// Keep reading the (single) file as the daemon appends to it
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Counts per verdict and per hour, camera outages
+    Stats {
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ModelsAction {
+    /// Load every model through the daemon's configured backend and run it once, so TensorRT
+    /// builds and caches its engines now (install scripts) rather than at the first start
+    Prepare {
+        /// Daemon config file ([engine] backend and threads, [onnxruntime])
+        #[arg(long, default_value = veriface::daemon::config::DEFAULT_CONFIG, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Check a config file (or board profile): unknown keys and bad values are named
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the built-in defaults as TOML
+    Defaults,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct EvalArgs {
+    /// Folder with real/ and fake/ sub-folders (any depth)
+    pub(crate) dir: PathBuf,
+    /// Write every number and per-item score as JSON
+    #[arg(long, value_name = "FILE")]
+    pub(crate) json: Option<PathBuf>,
+    /// Write roc.png and histograms.png into DIR
+    #[arg(long, value_name = "DIR")]
+    pub(crate) plots: Option<PathBuf>,
+    /// Operating threshold on the fake probability (score >= threshold: FAKE)
+    #[arg(long, default_value_t = 0.5)]
+    pub(crate) threshold: f32,
+    /// Pick the threshold that keeps BPCER (real faces rejected) at or under this rate on this
+    /// data, report at it, and print it in config-file syntax
+    #[arg(long, value_name = "BPCER")]
+    pub(crate) calibrate: Option<f64>,
+    /// Each image is an aligned face crop: no face detection
+    #[arg(long)]
+    pub(crate) cropped: bool,
+    /// Analyse every Nth frame of videos
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) every: u64,
+    /// Stop each video after N analysed frames
+    #[arg(long, value_name = "N")]
+    pub(crate) max_frames: Option<u64>,
+    /// Worker threads (each loads its own models)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub(crate) jobs: u64,
+    /// Face detector: short (within ~2 m), full range (up to ~5 m), or auto (short first, full
+    /// range on frames where it finds no face)
+    #[arg(long, value_enum, default_value_t = DetectorRange::Auto)]
+    pub(crate) detector: DetectorRange,
+    /// Manifest key of the frame deepfake model
+    #[arg(long, default_value = "deepfake", value_name = "KEY")]
+    pub(crate) deepfake_model: String,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct RunArgs {
+    /// Config file (missing default file: built-in defaults)
+    #[arg(long, default_value = veriface::daemon::config::DEFAULT_CONFIG, value_name = "FILE")]
+    pub(crate) config: PathBuf,
+    /// Video, image or folder to analyse instead of the camera (played in real time)
+    #[arg(long, value_name = "PATH")]
+    pub(crate) source: Option<PathBuf>,
+    /// Play --source again and again
+    #[arg(long = "loop", requires = "source")]
+    pub(crate) looped: bool,
+    /// Record folder (overrides records.dir and turns records on)
+    #[arg(long, value_name = "DIR")]
+    pub(crate) records: Option<PathBuf>,
+    /// Status file (overrides status.path)
+    #[arg(long, value_name = "FILE")]
+    pub(crate) status: Option<PathBuf>,
+    /// Display: none, png:FILE, fb:/dev/fbN, ssd1306:/dev/i2c-N (overrides [display])
+    #[arg(long, value_name = "KIND[:PATH]")]
+    pub(crate) display: Option<String>,
+    /// LEDs: none, rppal, gpiocdev (overrides leds.kind)
+    #[arg(long, value_name = "KIND")]
+    pub(crate) leds: Option<String>,
+    /// No verdict lines on stdout
+    #[arg(long, short)]
+    pub(crate) quiet: bool,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct AnalyzeArgs {
+    /// Image (jpg, png, webp, bmp), video (mp4, mov, mkv, avi, webm, mjpeg, y4m) or folder
+    #[arg(required = true)]
+    pub(crate) inputs: Vec<PathBuf>,
+    /// Write the full results as JSON
+    #[arg(long, value_name = "FILE")]
+    pub(crate) json: Option<PathBuf>,
+    /// Write PNG plots (deepfake probability over time, emotion timeline) per file into DIR
+    #[arg(long, value_name = "DIR")]
+    pub(crate) plots: Option<PathBuf>,
+    /// Analyse every Nth frame of a video
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) every: u64,
+    /// Stop after this many analysed frames per video
+    #[arg(long)]
+    pub(crate) max_frames: Option<u64>,
+    /// Face detector range (auto: short first, full range on frames where it finds no face)
+    #[arg(long, value_enum, default_value_t = DetectorRange::Auto)]
+    pub(crate) detector: DetectorRange,
+    /// Operating threshold on the fake probability
+    #[arg(long, default_value_t = 0.5)]
+    pub(crate) threshold: f32,
+    /// Manifest key of the frame deepfake model (absent from the manifest: no deepfake score)
+    #[arg(long, default_value = "deepfake", value_name = "KEY")]
+    pub(crate) deepfake_model: String,
+    /// Write an occlusion heat map per face track (on its most fake-looking frame) into DIR
+    #[arg(long, value_name = "DIR")]
+    pub(crate) explain: Option<PathBuf>,
+    /// Print only the verdict blocks, not a line per frame
+    #[arg(long, short)]
+    pub(crate) quiet: bool,
+    /// The daemon's realtime schedule: the detector on every 3rd frame and a face re-analysed
+    /// only when it changed (default: every model on every analysed frame)
+    #[arg(long)]
+    pub(crate) realtime: bool,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct BenchArgs {
+    /// Clip to run end to end (default: the bundled sample clip)
+    #[arg(long, default_value = "samples/astronaut_zoom.avi")]
+    pub(crate) clip: PathBuf,
+    /// Repetitions per stage
+    #[arg(long, default_value_t = 20)]
+    pub(crate) iterations: u32,
+    /// Passes over the clip for the end-to-end figures (each from a fresh stream)
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) passes: u32,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Manifest key of the frame deepfake model to time
+    #[arg(long, default_value = "deepfake", value_name = "KEY")]
+    pub(crate) deepfake_model: String,
+    /// Inference threads (tract's matrix-multiply pool, or ONNX Runtime's intra-op pool)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub(crate) threads: u16,
+    /// Time only this manifest model on zero inputs (load, then --iterations runs): for
+    /// instruction counting under qemu (benches/arm) and per-model comparisons
+    #[arg(long, value_name = "KEY")]
+    pub(crate) model: Option<String>,
+    /// With --model: the convolution layout tract runs it in (default: the manifest's choice)
+    #[arg(long, value_enum, requires = "model")]
+    pub(crate) tract_layout: Option<TractLayout>,
+    /// With --model: time every node of the model under tract (per operator type, then the
+    /// slowest nodes) instead of the whole inference
+    #[arg(long, requires = "model")]
+    pub(crate) profile: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum TractLayout {
+    /// channels first, as the ONNX file stores it
+    Nchw,
+    /// channels last (tract's conv_nhwc rewrite)
+    Nhwc,
+}

@@ -1,0 +1,250 @@
+//! The daemon's two worker threads and what passes between them: capture puts the newest frame
+//! in a one-frame slot, analysis takes it, runs the pipeline and sends the result on.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::wall_ms;
+use crate::frame::Frame;
+use crate::pipeline::{Engine, EngineConfig, FrameResult, StageTimings};
+use crate::source::camera::{CameraEvent, CameraState, Step, Supervisor};
+use crate::source::TimedFrame;
+use crate::verdict::Label;
+
+/// The newest captured frame, waiting for analysis. Replacing an unread frame counts a drop.
+pub(super) struct Latest {
+    pub(super) slot: Mutex<Option<TimedFrame>>,
+    pub(super) ready: Condvar,
+    pub(super) dropped: AtomicU64,
+}
+
+impl Latest {
+    pub(super) fn new() -> Latest {
+        Latest {
+            slot: Mutex::new(None),
+            ready: Condvar::new(),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    fn put(&self, frame: TimedFrame) {
+        let mut slot = self.slot.lock().expect("frame slot poisoned");
+        if slot.replace(frame).is_some() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        self.ready.notify_one();
+    }
+
+    fn take(&self, timeout: Duration) -> Option<TimedFrame> {
+        let slot = self.slot.lock().expect("frame slot poisoned");
+        let (mut slot, _) = self
+            .ready
+            .wait_timeout_while(slot, timeout, |s| s.is_none())
+            .expect("frame slot poisoned");
+        slot.take()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.slot.lock().expect("frame slot poisoned").is_none()
+    }
+}
+
+/// One analysed frame and what it cost.
+pub(super) struct Analysed {
+    pub(super) result: FrameResult,
+    pub(super) timings: StageTimings,
+    pub(super) total: Duration,
+}
+
+/// What the models are, once loaded: the control loop reports it in the status file and records.
+pub(super) struct Loaded {
+    pub(super) backend: String,
+    pub(super) providers: Vec<(String, String)>,
+    /// Manifest key and sha256 of every model.
+    pub(super) models: Vec<(String, String)>,
+    pub(super) classes: Vec<String>,
+}
+
+pub(super) enum AnalysisMsg {
+    Loaded(Loaded),
+    Frame(Box<Analysed>),
+    Failed(String),
+}
+
+/// Analysis thread: loads the models, then analyses the newest frame until told to stop.
+pub(super) fn spawn_analysis(
+    engine_cfg: EngineConfig,
+    latest: Arc<Latest>,
+    stop: Arc<AtomicBool>,
+    busy_since_ms: Arc<AtomicU64>,
+    reload: Receiver<EngineConfig>,
+    out: Sender<AnalysisMsg>,
+    snapshots: Option<PathBuf>,
+) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("analysis".into())
+        .spawn(move || {
+            let load = |cfg: EngineConfig, out: &Sender<AnalysisMsg>| -> Option<Engine> {
+                match Engine::load(cfg) {
+                    Ok(engine) => {
+                        let models = engine
+                            .manifest
+                            .models
+                            .iter()
+                            .map(|(k, m)| (k.clone(), m.sha256.clone()))
+                            .collect();
+                        let classes = engine.emotion_classes();
+                        let _ = out.send(AnalysisMsg::Loaded(Loaded {
+                            backend: engine.backend.clone(),
+                            providers: engine.providers.clone(),
+                            models,
+                            classes,
+                        }));
+                        Some(engine)
+                    }
+                    Err(e) => {
+                        let _ = out.send(AnalysisMsg::Failed(format!("{e:#}")));
+                        None
+                    }
+                }
+            };
+            let Some(mut engine) = load(engine_cfg, &out) else {
+                return;
+            };
+            let mut labels: std::collections::HashMap<u32, Label> = Default::default();
+            'engine: loop {
+                let mut stream = engine.stream();
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(cfg) = reload.try_recv() {
+                        match Engine::load(cfg) {
+                            Ok(e) => {
+                                engine = e;
+                                log::info!("models and thresholds reloaded");
+                                continue 'engine;
+                            }
+                            Err(e) => {
+                                log::error!("reload failed, keeping the running models: {e:#}")
+                            }
+                        }
+                    }
+                    let Some(tf) = latest.take(Duration::from_millis(100)) else {
+                        continue;
+                    };
+                    let start = Instant::now();
+                    busy_since_ms.store(wall_ms(), Ordering::Relaxed);
+                    let before = stream.timings.clone();
+                    let result = stream.process(&tf);
+                    busy_since_ms.store(0, Ordering::Relaxed);
+                    match result {
+                        Ok(result) => {
+                            if let Some(dir) = &snapshots {
+                                save_snapshots(dir, &tf.frame, &result, &mut labels);
+                            }
+                            let timings = stream.timings.since(&before);
+                            let msg = Analysed {
+                                result,
+                                timings,
+                                total: start.elapsed(),
+                            };
+                            if out.send(AnalysisMsg::Frame(Box::new(msg))).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => log::error!("frame {}: analysis failed: {e:#}", tf.index),
+                    }
+                }
+                return;
+            }
+        })
+        .expect("spawn analysis thread")
+}
+
+/// Face snapshots at verdict changes: only when the config turns them on (privacy default off).
+fn save_snapshots(
+    dir: &Path,
+    frame: &Frame,
+    result: &FrameResult,
+    labels: &mut std::collections::HashMap<u32, Label>,
+) {
+    for face in &result.faces {
+        if labels.insert(face.track, face.verdict.label) == Some(face.verdict.label) {
+            continue;
+        }
+        let b = &face.bbox;
+        let x0 = b.xmin.max(0.0) as usize;
+        let y0 = b.ymin.max(0.0) as usize;
+        let x1 = (b.xmax.max(0.0) as usize).min(frame.width);
+        let y1 = (b.ymax.max(0.0) as usize).min(frame.height);
+        if x1 <= x0 || y1 <= y0 {
+            continue;
+        }
+        let mut rgb = Vec::with_capacity((x1 - x0) * (y1 - y0) * 3);
+        for y in y0..y1 {
+            rgb.extend_from_slice(
+                &frame.rgb[(y * frame.width + x0) * 3..(y * frame.width + x1) * 3],
+            );
+        }
+        let path = dir.join(format!(
+            "{}_track{}_{}.png",
+            wall_ms(),
+            face.track,
+            face.verdict.label
+        ));
+        let saved = std::fs::create_dir_all(dir).and_then(|_| {
+            image::save_buffer(
+                &path,
+                &rgb,
+                (x1 - x0) as u32,
+                (y1 - y0) as u32,
+                image::ExtendedColorType::Rgb8,
+            )
+            .map_err(std::io::Error::other)
+        });
+        if let Err(e) = saved {
+            log::warn!("{}: snapshot not saved: {e}", path.display());
+        }
+    }
+}
+
+pub(super) enum CaptureMsg {
+    Event(CameraEvent, CameraState),
+}
+
+pub(super) fn spawn_capture(
+    mut sup: Supervisor,
+    latest: Arc<Latest>,
+    stop: Arc<AtomicBool>,
+    events: Sender<CaptureMsg>,
+) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("capture".into())
+        .spawn(move || {
+            let started = Instant::now();
+            let mut index = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                match sup.step(Instant::now()) {
+                    Step::Frame(frame) => {
+                        latest.put(TimedFrame {
+                            index,
+                            seconds: started.elapsed().as_secs_f64(),
+                            frame,
+                        });
+                        index += 1;
+                    }
+                    Step::Event(ev) => {
+                        let ended = ev == CameraEvent::Ended;
+                        let _ = events.send(CaptureMsg::Event(ev, sup.state().clone()));
+                        if ended {
+                            return;
+                        }
+                    }
+                    Step::Idle(d) => std::thread::sleep(d.min(Duration::from_millis(50))),
+                }
+            }
+        })
+        .expect("spawn capture thread")
+}

@@ -1,0 +1,39 @@
+//! The live outputs' interface: what a running camera loop tells its display, LEDs and records.
+
+use anyhow::Result;
+
+use crate::source::camera::CameraState;
+use crate::verdict::FrameResult;
+
+/// Something the live outputs (display, LEDs, records) are told; each call must be cheap and
+/// never block the caller's loop for long.
+pub trait Output {
+    fn name(&self) -> String;
+    /// A frame was analysed.
+    fn frame(&mut self, view: &LiveView) -> Result<()>;
+    /// The camera changed state, or the daemon started or is stopping.
+    fn event(&mut self, event: &DaemonEvent) -> Result<()>;
+    /// Switch off (LEDs dark, display cleared, records flushed). Called on every exit path.
+    fn shutdown(&mut self) -> Result<()>;
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum DaemonEvent {
+    Started {
+        device_id: String,
+        models: Vec<(String, String)>,
+    },
+    CameraLost(String),
+    CameraBack(String),
+    Stopping,
+}
+
+/// What outputs see after each analysed frame.
+pub struct LiveView<'a> {
+    pub result: &'a FrameResult,
+    pub emotion_classes: &'a [String],
+    pub camera: &'a CameraState,
+    pub fps: f64,
+    pub wall_ms: u64,
+    pub mono_ms: u64,
+}

@@ -1,0 +1,149 @@
+//! The live run's record output: which analysed frames and events become records.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+
+use super::format::*;
+use super::writer::{RecordWriter, StatVfs};
+use super::RecordsConfig;
+use crate::sinks::output::{DaemonEvent, LiveView, Output};
+use crate::verdict::Label;
+
+fn prob(p: Option<f32>) -> Option<u16> {
+    p.map(|p| (p.clamp(0.0, 1.0) * 10000.0).round() as u16)
+}
+
+fn sha_prefix(hex: &str) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = hex
+            .get(2 * i..2 * i + 2)
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .unwrap_or(0);
+    }
+    out
+}
+
+/// The daemon's record output: a face record when a track appears or its verdict changes, and
+/// at most one per track per `face_interval_ms` otherwise (an SD card lasts longer).
+pub struct RecordsOutput {
+    writer: RecordWriter,
+    device: heapless::String<32>,
+    started: Instant,
+    deepfake_model: u32,
+    deepfake_key: String,
+    last: std::collections::HashMap<u32, (Label, u64)>,
+    interval_ms: u64,
+}
+
+impl RecordsOutput {
+    /// `device_id` names the device in every record; `deepfake_key` is the manifest key of the
+    /// frame model whose hash the records carry.
+    pub fn open(cfg: &RecordsConfig, device_id: &str, deepfake_key: &str) -> Result<Self> {
+        let dir = PathBuf::from(&cfg.dir);
+        Ok(RecordsOutput {
+            writer: RecordWriter::open(&dir, cfg.clone(), Box::new(StatVfs))?,
+            device: short(device_id),
+            started: Instant::now(),
+            deepfake_model: 0,
+            deepfake_key: deepfake_key.to_string(),
+            last: Default::default(),
+            interval_ms: cfg.face_interval_ms,
+        })
+    }
+
+    fn record(&self, wall_ms: u64, event: Event) -> Record {
+        Record {
+            wall_ms,
+            mono_ms: self.started.elapsed().as_millis() as u64,
+            device: self.device.clone(),
+            event,
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Output for RecordsOutput {
+    fn name(&self) -> String {
+        format!("records {}", self.writer.dir().display())
+    }
+
+    fn frame(&mut self, view: &LiveView) -> Result<()> {
+        for face in &view.result.faces {
+            let due = match self.last.get(&face.track) {
+                None => true,
+                Some((label, at)) => {
+                    *label != face.verdict.label
+                        || view.mono_ms.saturating_sub(*at) >= self.interval_ms
+                }
+            };
+            if !due {
+                continue;
+            }
+            self.last
+                .insert(face.track, (face.verdict.label, view.mono_ms));
+            let b = &face.bbox;
+            let px = |v: f64| v.round().clamp(i16::MIN as f64, i16::MAX as f64) as i16;
+            let emotion = face.analysis.emotion.as_ref();
+            let rec = self.record(
+                view.wall_ms,
+                Event::Face(FaceRecord {
+                    track: face.track,
+                    frame: view.result.index,
+                    bbox: [px(b.xmin), px(b.ymin), px(b.xmax), px(b.ymax)],
+                    frame_prob: prob(face.analysis.deepfake),
+                    smoothed_prob: prob(face.verdict.smoothed),
+                    verdict: face.verdict.label,
+                    emotion: emotion.map(|e| e.index as u8),
+                    emotion_conf: emotion.map_or(0, |e| (e.confidence * 100.0).round() as u8),
+                    model: self.deepfake_model,
+                }),
+            );
+            self.writer.write(&rec)?;
+        }
+        Ok(())
+    }
+
+    fn event(&mut self, event: &DaemonEvent) -> Result<()> {
+        let ev = match event {
+            DaemonEvent::Started { models, .. } => {
+                let mut ids = heapless::Vec::new();
+                for (key, sha) in models {
+                    if *key == self.deepfake_key {
+                        let p = sha_prefix(sha);
+                        self.deepfake_model = u32::from_be_bytes([p[0], p[1], p[2], p[3]]);
+                    }
+                    let _ = ids.push(ModelId {
+                        key: short(key),
+                        sha256_prefix: sha_prefix(sha),
+                    });
+                }
+                Event::Start {
+                    version: short(env!("CARGO_PKG_VERSION")),
+                    models: ids,
+                }
+            }
+            DaemonEvent::CameraLost(why) => Event::CameraLost { reason: short(why) },
+            DaemonEvent::CameraBack(_) => Event::CameraBack,
+            DaemonEvent::Stopping => Event::Stop,
+        };
+        let rec = self.record(now_ms(), ev);
+        self.writer.write(&rec)?;
+        if matches!(event, DaemonEvent::CameraLost(_) | DaemonEvent::Stopping) {
+            self.writer.flush(true)?;
+        }
+        Ok(())
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        self.writer.flush(true)
+    }
+}

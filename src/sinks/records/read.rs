@@ -1,0 +1,314 @@
+//! Reading records back for people: JSON and CSV lines, statistics, following a live file.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use super::format::*;
+use super::writer::record_files;
+
+/// Civil date and time (UTC) of a Unix time in ms: "YYYY-MM-DD HH:MM:SS.mmm".
+pub fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    // Howard Hinnant's days-from-civil inverse.
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// One record as a JSON object (for `log decode`).
+pub fn to_json(file: &Path, offset: u64, r: &Record) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "file": file.display().to_string(),
+        "offset": offset,
+        "time": utc(r.wall_ms),
+        "wall_ms": r.wall_ms,
+        "mono_ms": r.mono_ms,
+        "device": r.device.as_str(),
+    });
+    let obj = v.as_object_mut().expect("object");
+    let p = |x: Option<u16>| x.map(|x| x as f64 / 10000.0);
+    match &r.event {
+        Event::Start { version, models } => {
+            obj.insert("event".into(), "start".into());
+            obj.insert("version".into(), version.as_str().into());
+            let m: Vec<serde_json::Value> = models
+                .iter()
+                .map(|m| {
+                    let hex: String = m.sha256_prefix.iter().map(|b| format!("{b:02x}")).collect();
+                    serde_json::json!({"key": m.key.as_str(), "sha256_prefix": hex})
+                })
+                .collect();
+            obj.insert("models".into(), m.into());
+        }
+        Event::Stop => {
+            obj.insert("event".into(), "stop".into());
+        }
+        Event::CameraLost { reason } => {
+            obj.insert("event".into(), "camera_lost".into());
+            obj.insert("reason".into(), reason.as_str().into());
+        }
+        Event::CameraBack => {
+            obj.insert("event".into(), "camera_back".into());
+        }
+        Event::Face(f) => {
+            obj.insert("event".into(), "face".into());
+            obj.insert("track".into(), f.track.into());
+            obj.insert("frame".into(), f.frame.into());
+            obj.insert("bbox".into(), f.bbox.to_vec().into());
+            obj.insert("frame_prob".into(), p(f.frame_prob).into());
+            obj.insert("smoothed_prob".into(), p(f.smoothed_prob).into());
+            obj.insert("verdict".into(), f.verdict.to_string().into());
+            obj.insert("emotion".into(), f.emotion.into());
+            obj.insert(
+                "emotion_conf".into(),
+                (f.emotion_conf as f64 / 100.0).into(),
+            );
+            obj.insert("model".into(), format!("{:08x}", f.model).into());
+        }
+    }
+    v
+}
+
+pub const CSV_HEADER: &str =
+    "time,wall_ms,mono_ms,device,event,track,frame,xmin,ymin,xmax,ymax,frame_prob,smoothed_prob,verdict,emotion,emotion_conf,detail";
+
+pub fn to_csv(r: &Record) -> String {
+    let head = format!(
+        "{},{},{},{}",
+        utc(r.wall_ms),
+        r.wall_ms,
+        r.mono_ms,
+        csv_field(&r.device)
+    );
+    let p = |x: Option<u16>| x.map_or(String::new(), |x| format!("{:.4}", x as f64 / 10000.0));
+    match &r.event {
+        Event::Face(f) => format!(
+            "{head},face,{},{},{},{},{},{},{},{},{},{},{:.2},{:08x}",
+            f.track,
+            f.frame,
+            f.bbox[0],
+            f.bbox[1],
+            f.bbox[2],
+            f.bbox[3],
+            p(f.frame_prob),
+            p(f.smoothed_prob),
+            f.verdict,
+            f.emotion.map_or(String::new(), |e| e.to_string()),
+            f.emotion_conf as f64 / 100.0,
+            f.model
+        ),
+        Event::Start { version, .. } => format!("{head},start,,,,,,,,,,,,{}", csv_field(version)),
+        Event::Stop => format!("{head},stop,,,,,,,,,,,,"),
+        Event::CameraLost { reason } => {
+            format!("{head},camera_lost,,,,,,,,,,,,{}", csv_field(reason))
+        }
+        Event::CameraBack => format!("{head},camera_back,,,,,,,,,,,,"),
+    }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// `log stats`: counts per verdict and per hour, camera outages.
+#[derive(Debug, Default, Serialize)]
+pub struct Stats {
+    pub records: u64,
+    pub damaged_spans: u64,
+    pub starts: u64,
+    pub stops: u64,
+    pub per_verdict: std::collections::BTreeMap<String, u64>,
+    pub per_hour: std::collections::BTreeMap<String, u64>,
+    pub camera_outages: u64,
+    pub camera_outage_s: f64,
+    pub first: Option<String>,
+    pub last: Option<String>,
+}
+
+impl Stats {
+    pub fn add(&mut self, d: &Decoded) {
+        self.damaged_spans += d.damaged.len() as u64;
+        let mut lost_at: Option<u64> = None;
+        for (_, r) in &d.records {
+            self.records += 1;
+            let t = utc(r.wall_ms);
+            if self.first.is_none() {
+                self.first = Some(t.clone());
+            }
+            self.last = Some(t.clone());
+            match &r.event {
+                Event::Start { .. } => self.starts += 1,
+                Event::Stop => self.stops += 1,
+                Event::CameraLost { .. } => {
+                    self.camera_outages += 1;
+                    lost_at = Some(r.mono_ms);
+                }
+                Event::CameraBack => {
+                    if let Some(at) = lost_at.take() {
+                        self.camera_outage_s += r.mono_ms.saturating_sub(at) as f64 / 1000.0;
+                    }
+                }
+                Event::Face(f) => {
+                    *self.per_verdict.entry(f.verdict.to_string()).or_default() += 1;
+                    *self.per_hour.entry(format!("{}:00", &t[..13])).or_default() += 1;
+                }
+            }
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "{} records ({} damaged spans), {} starts, {} stops\nfrom {} to {}\n",
+            self.records,
+            self.damaged_spans,
+            self.starts,
+            self.stops,
+            self.first.as_deref().unwrap_or("-"),
+            self.last.as_deref().unwrap_or("-")
+        );
+        s += "face records per verdict:\n";
+        for (k, v) in &self.per_verdict {
+            s += &format!("  {k:10} {v}\n");
+        }
+        s += "face records per hour (UTC):\n";
+        for (k, v) in &self.per_hour {
+            s += &format!("  {k} {v}\n");
+        }
+        s += &format!(
+            "camera outages: {} ({:.1} s in total)\n",
+            self.camera_outages, self.camera_outage_s
+        );
+        s
+    }
+}
+
+/// Follow a growing record file (`log decode --follow`): calls `each` for every new record.
+pub fn follow(path: &Path, mut each: impl FnMut(u64, &Record) -> Result<()>) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut base = 0u64;
+    loop {
+        let mut chunk = Vec::new();
+        file.read_to_end(&mut chunk)
+            .with_context(|| format!("{}: read failed", path.display()))?;
+        if chunk.is_empty() {
+            // Rotated or truncated underneath us: start again from the top.
+            let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            if len < base + pending.len() as u64 {
+                file.seek(SeekFrom::Start(0))?;
+                pending.clear();
+                base = 0;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        pending.extend_from_slice(&chunk);
+        let mut d = Decoded::default();
+        let used = decode(&pending, base, false, &mut d);
+        for dmg in &d.damaged {
+            eprintln!(
+                "{}: bytes {}..{} damaged: {}",
+                path.display(),
+                dmg.start,
+                dmg.end,
+                dmg.reason
+            );
+        }
+        for (off, r) in &d.records {
+            each(*off, r)?;
+        }
+        pending.drain(..used);
+        base += used as u64;
+    }
+}
+
+/// The record files named on the command line: files as given, folders expanded (oldest first).
+pub fn expand_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for p in paths {
+        let meta = std::fs::metadata(p).with_context(|| format!("{}: cannot read", p.display()))?;
+        if meta.is_dir() {
+            let found = record_files(p)?;
+            if found.is_empty() {
+                bail!(
+                    "{}: no .{EXTENSION} record files in this folder",
+                    p.display()
+                );
+            }
+            files.extend(found);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    Ok(files)
+}
+
+/// Decode each file; a file with bytes but not one intact record is not a record file (error).
+/// Damaged spans go to stderr, one line each: a power cut is expected, not an error.
+pub fn decode_files(
+    files: &[PathBuf],
+    mut each: impl FnMut(&Path, &Decoded) -> Result<()>,
+) -> Result<()> {
+    for f in files {
+        let d = decode_file(f)?;
+        let len = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+        if d.records.is_empty() && len > 0 {
+            bail!(
+                "{}: not a veriface record file (no intact record in {len} bytes)",
+                f.display()
+            );
+        }
+        for dmg in &d.damaged {
+            eprintln!(
+                "{}: bytes {}..{} damaged: {}",
+                f.display(),
+                dmg.start,
+                dmg.end,
+                dmg.reason
+            );
+        }
+        each(f, &d)?;
+    }
+    Ok(())
+}
+
+/// `log decode`: JSON lines (default) or CSV of every intact record.
+pub fn write_decoded(files: &[PathBuf], csv: bool, out: &mut dyn std::io::Write) -> Result<()> {
+    if csv {
+        writeln!(out, "{CSV_HEADER}")?;
+    }
+    decode_files(files, |f, d| {
+        for (off, r) in &d.records {
+            if csv {
+                writeln!(out, "{}", to_csv(r))?;
+            } else {
+                writeln!(out, "{}", to_json(f, *off, r))?;
+            }
+        }
+        Ok(())
+    })
+}
