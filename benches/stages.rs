@@ -61,9 +61,9 @@ fn stages(c: &mut Criterion) {
         .unwrap()
         .unwrap();
     let temporal = engine.analyzer.temporal.as_ref().expect("GRU");
-    let mut hidden = temporal.initial_state();
+    let mut memory = temporal.start();
     g.bench_function("GRU step", |b| {
-        b.iter(|| temporal.step(&features, &mut hidden).unwrap())
+        b.iter(|| temporal.step(&mut memory, &features).unwrap())
     });
     g.bench_function("emotion (crop+model)", |b| {
         b.iter(|| engine.analyzer.emotion(&frame, &face).unwrap())

@@ -140,20 +140,30 @@ pub struct TemporalModel {
     hidden_shape: Vec<usize>,
 }
 
+/// One track's memory for the temporal model. As tract keeps an immutable plan apart from each
+/// run's state, the model is shared by every stream and each track owns one of these.
+#[derive(Clone, Debug)]
+pub struct TemporalState {
+    hidden: Vec<f32>,
+}
+
 impl TemporalModel {
-    pub fn initial_state(&self) -> Vec<f32> {
-        vec![0.0; self.hidden_shape.iter().product()]
+    /// The state of a track that has seen no frame yet.
+    pub fn start(&self) -> TemporalState {
+        TemporalState {
+            hidden: vec![0.0; self.hidden_shape.iter().product()],
+        }
     }
 
-    /// One step: returns the probability after this frame and updates the hidden state.
-    pub fn step(&self, features: &[f32], hidden: &mut Vec<f32>) -> Result<f32> {
+    /// One step: returns the probability after this frame and moves the track's state on.
+    pub fn step(&self, state: &mut TemporalState, features: &[f32]) -> Result<f32> {
         let x = Tensor::new(self.feature_shape.clone(), features.to_vec());
-        let h = Tensor::new(self.hidden_shape.clone(), std::mem::take(hidden));
+        let h = Tensor::new(self.hidden_shape.clone(), std::mem::take(&mut state.hidden));
         let mut out = self.model.run(&[x, h])?;
         if out.len() < 2 {
             bail!("temporal model must output (fake_logit, Y_h)");
         }
-        *hidden = std::mem::take(&mut out[1].data);
+        state.hidden = std::mem::take(&mut out[1].data);
         Ok(sigmoid(out[0].data[0]))
     }
 }

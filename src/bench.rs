@@ -255,10 +255,10 @@ fn face_stage_rows(
                 .analyzer
                 .deepfake_frame(frame, det)?
                 .expect("deepfake model present");
-            let mut hidden = tm.initial_state();
+            let mut memory = tm.start();
             rows.push(row(
                 "temporal GRU step",
-                time(iterations, || tm.step(&features, &mut hidden))?,
+                time(iterations, || tm.step(&mut memory, &features))?,
             ));
         }
     }

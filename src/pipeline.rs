@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::analysis::{Analyzer, EmotionScore, FaceAnalysis, DEEPFAKE_KEY};
+use crate::analysis::{Analyzer, EmotionScore, FaceAnalysis, TemporalState, DEEPFAKE_KEY};
 use crate::face::{square_region, Detection, DetectorRange, FaceDetector, PresenceCheck, Tracker};
 use crate::frame::{crop_resize_into, Colour, Frame, Normalise};
 use crate::infer::{open_backend, Backend, BackendChoice, Model};
@@ -266,7 +266,7 @@ struct TrackState {
     last: Option<(FaceAnalysis, Vec<f32>)>,
     reused_for: u32,
     verdict: TrackVerdict,
-    hidden: Option<Vec<f32>>,
+    temporal_state: Option<TemporalState>,
     temporal: Option<f32>,
     probabilities: Vec<f32>,
     emotions: Vec<usize>,
@@ -317,7 +317,7 @@ impl Stream<'_> {
                 last: None,
                 reused_for: 0,
                 verdict: TrackVerdict::new(verdict_cfg.clone()),
-                hidden: temporal_model.map(|m| m.initial_state()),
+                temporal_state: temporal_model.map(|m| m.start()),
                 temporal: None,
                 probabilities: Vec::new(),
                 emotions: Vec::new(),
@@ -461,13 +461,13 @@ fn analyse(
     let frame_score = engine.analyzer.deepfake_frame(frame, det)?;
     timings.deepfake += t.elapsed();
     let mut temporal = None;
-    if let (Some((_, features)), Some(model), Some(hidden)) = (
+    if let (Some((_, features)), Some(model), Some(memory)) = (
         &frame_score,
         engine.analyzer.temporal.as_ref(),
-        state.hidden.as_mut(),
+        state.temporal_state.as_mut(),
     ) {
         let t = Instant::now();
-        temporal = Some(model.step(features, hidden)?);
+        temporal = Some(model.step(memory, features)?);
         timings.temporal += t.elapsed();
         state.temporal = temporal;
     }

@@ -211,7 +211,7 @@ pub fn score_item(engine: &Engine, item: &Item, opts: &EvalOptions) -> Result<Ou
             .deepfake
             .as_ref()
             .context("--cropped needs a deepfake model in the manifest")?;
-        let mut hidden = engine.analyzer.temporal.as_ref().map(|t| t.initial_state());
+        let mut memory = engine.analyzer.temporal.as_ref().map(|t| t.start());
         for tf in frames_of(item)? {
             let tf = tf?;
             if tf.index % every != 0 {
@@ -220,8 +220,8 @@ pub fn score_item(engine: &Engine, item: &Item, opts: &EvalOptions) -> Result<Ou
             let det = whole_image_face(tf.frame.width, tf.frame.height, df.crop.scale);
             if let Some((p, features)) = engine.analyzer.deepfake_frame(&tf.frame, &det)? {
                 frame_scores.push(p);
-                if let (Some(t), Some(h)) = (&engine.analyzer.temporal, hidden.as_mut()) {
-                    temporal = Some(t.step(&features, h)?);
+                if let (Some(t), Some(m)) = (&engine.analyzer.temporal, memory.as_mut()) {
+                    temporal = Some(t.step(m, &features)?);
                 }
             }
             analysed += 1;

@@ -19,7 +19,7 @@ use crate::frame::Frame;
 const BARE_STREAM_FPS: f64 = 25.0;
 
 /// Lists whose children are walked; any other list or chunk is skipped whole.
-const DESCEND: [&[u8; 4]; 5] = [b"AVI ", b"AVIX", b"hdrl", b"strl", b"movi"];
+const DESCEND: [&[u8; 4]; 6] = [b"AVI ", b"AVIX", b"hdrl", b"strl", b"movi", b"rec "];
 
 /// Whether this file is one the in-process decoder reads: an AVI whose first video stream is
 /// MJPEG, or a stream that starts with a JPEG.
@@ -484,7 +484,12 @@ mod tests {
             if i == 1 {
                 movi.extend(chunk(b"01dc", &[])); // a dropped frame
             }
-            movi.extend(chunk(b"01dc", f));
+            if i == 2 {
+                // Interleaved files group chunks in `rec ` lists.
+                movi.extend(list(b"rec ", &chunk(b"01dc", f)));
+            } else {
+                movi.extend(chunk(b"01dc", f));
+            }
         }
         let mut riff = b"AVI ".to_vec();
         riff.extend(list(b"hdrl", &hdrl));

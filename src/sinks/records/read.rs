@@ -12,26 +12,21 @@ use super::writer::record_files;
 
 /// Civil date and time (UTC) of a Unix time in ms: "YYYY-MM-DD HH:MM:SS.mmm".
 pub fn utc(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = (secs / 86400) as i64;
-    let rem = secs % 86400;
-    // Howard Hinnant's days-from-civil inverse.
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
-    )
+    let nanos = i128::from(ms) * 1_000_000;
+    match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:03}",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.millisecond()
+        ),
+        // Beyond year 9999: no calendar date to show, the raw number still says it.
+        Err(_) => format!("{ms} ms"),
+    }
 }
 
 /// One record as a JSON object (for `log decode`).
@@ -92,45 +87,59 @@ pub const CSV_HEADER: &str =
     "time,wall_ms,mono_ms,device,event,track,frame,xmin,ymin,xmax,ymax,frame_prob,smoothed_prob,verdict,emotion,emotion_conf,detail";
 
 pub fn to_csv(r: &Record) -> String {
-    let head = format!(
-        "{},{},{},{}",
-        utc(r.wall_ms),
-        r.wall_ms,
-        r.mono_ms,
-        csv_field(&r.device)
-    );
     let p = |x: Option<u16>| x.map_or(String::new(), |x| format!("{:.4}", x as f64 / 10000.0));
-    match &r.event {
-        Event::Face(f) => format!(
-            "{head},face,{},{},{},{},{},{},{},{},{},{},{:.2},{:08x}",
-            f.track,
-            f.frame,
-            f.bbox[0],
-            f.bbox[1],
-            f.bbox[2],
-            f.bbox[3],
-            p(f.frame_prob),
-            p(f.smoothed_prob),
-            f.verdict,
-            f.emotion.map_or(String::new(), |e| e.to_string()),
-            f.emotion_conf as f64 / 100.0,
-            f.model
+    let mut fields = vec![
+        utc(r.wall_ms),
+        r.wall_ms.to_string(),
+        r.mono_ms.to_string(),
+        r.device.to_string(),
+    ];
+    let (event, rest): (&str, Vec<String>) = match &r.event {
+        Event::Face(f) => (
+            "face",
+            vec![
+                f.track.to_string(),
+                f.frame.to_string(),
+                f.bbox[0].to_string(),
+                f.bbox[1].to_string(),
+                f.bbox[2].to_string(),
+                f.bbox[3].to_string(),
+                p(f.frame_prob),
+                p(f.smoothed_prob),
+                f.verdict.to_string(),
+                f.emotion.map_or(String::new(), |e| e.to_string()),
+                format!("{:.2}", f.emotion_conf as f64 / 100.0),
+                format!("{:08x}", f.model),
+            ],
         ),
-        Event::Start { version, .. } => format!("{head},start,,,,,,,,,,,,{}", csv_field(version)),
-        Event::Stop => format!("{head},stop,,,,,,,,,,,,"),
-        Event::CameraLost { reason } => {
-            format!("{head},camera_lost,,,,,,,,,,,,{}", csv_field(reason))
-        }
-        Event::CameraBack => format!("{head},camera_back,,,,,,,,,,,,"),
-    }
+        Event::Start { version, .. } => ("start", empty_then(version)),
+        Event::Stop => ("stop", empty_then("")),
+        Event::CameraLost { reason } => ("camera_lost", empty_then(reason)),
+        Event::CameraBack => ("camera_back", empty_then("")),
+    };
+    fields.push(event.to_string());
+    fields.extend(rest);
+    csv_line(&fields)
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
+/// The eleven face columns empty, then the detail column.
+fn empty_then(detail: &str) -> Vec<String> {
+    let mut v = vec![String::new(); 11];
+    v.push(detail.to_string());
+    v
+}
+
+/// One CSV line (no terminator), quoted where a field needs it.
+fn csv_line(fields: &[String]) -> String {
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::new());
+    // Writing into memory cannot fail.
+    w.write_record(fields).expect("CSV into memory");
+    let bytes = w.into_inner().expect("CSV into memory");
+    String::from_utf8_lossy(&bytes)
+        .trim_end_matches('\n')
+        .to_string()
 }
 
 /// `log stats`: counts per verdict and per hour, camera outages.
