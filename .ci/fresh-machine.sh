@@ -38,6 +38,8 @@ mount -t proc proc "$root/proc"; mounts+=("$root/proc")
 bind "$rustup_home" "$root/opt/rustup" ro
 bind "$cargo_bin" "$root/opt/cargo-bin" ro
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# The machine's trust store, not a build tool: where the network inspects TLS, its CA is there.
+cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
 
 rm -rf "$root/work" "$root/root/.cargo"
 mkdir -p "$root/work"
