@@ -13,27 +13,40 @@ root=$PWD/target/fresh-root
 rustup_home=${RUSTUP_HOME:-$HOME/.rustup}
 cargo_bin=${CARGO_HOME:-$HOME/.cargo}/bin
 command -v debootstrap >/dev/null || { apt-get update -qq; apt-get install -y -qq debootstrap >/dev/null; }
-if [ ! -x "$root/usr/bin/gcc" ]; then
-    rm -rf "$root"
+# Fresh: none of what the README promises not to need. A root left by an earlier run (whose
+# second command installed ffmpeg) is rebuilt.
+not_fresh() {
+    local tool
+    for tool in ffmpeg ffprobe clang python3; do
+        if chroot "$root" sh -c "command -v $tool" >/dev/null 2>&1; then echo "$tool is installed"; return; fi
+    done
+    if ls "$root"/usr/lib/*/libclang* >/dev/null 2>&1; then echo "libclang is installed"; fi
+}
+# An earlier run that was killed may have left its mounts (/dev among them): unmount them before
+# anything is removed, and never let rm cross into another file system.
+unmount_all() {
+    local m
+    for m in $(awk -v r="$root" 'index($2, r) == 1 {print $2}' /proc/mounts | sort -r); do
+        umount -l "$m"
+    done
+}
+unmount_all
+if [ ! -x "$root/usr/bin/gcc" ] || [ -n "$(not_fresh)" ]; then
+    rm -rf --one-file-system "$root"
     # The same Debian mirror the host's apt uses.
     mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null \
         || awk '/^deb / {print $2; exit}' /etc/apt/sources.list)
     debootstrap --variant=minbase --include=gcc,libc6-dev,ca-certificates bookworm "$root" "$mirror" >/dev/null
 fi
-for tool in ffmpeg ffprobe clang python3; do
-    if chroot "$root" sh -c "command -v $tool" >/dev/null; then
-        echo "fresh root is not fresh: $tool is installed" >&2; exit 1
-    fi
-done
-if ls "$root"/usr/lib/*/libclang* >/dev/null 2>&1; then
-    echo "fresh root is not fresh: libclang is installed" >&2; exit 1
-fi
+reason=$(not_fresh)
+if [ -n "$reason" ]; then echo "fresh root is not fresh: $reason" >&2; exit 1; fi
 
 mounts=()
 cleanup() { for ((i=${#mounts[@]}-1; i>=0; i--)); do umount -l "${mounts[$i]}" 2>/dev/null || true; done; }
 trap cleanup EXIT
 bind() { mkdir -p "$2"; mount --bind "$1" "$2"; mounts+=("$2"); [ "${3:-}" = ro ] && mount -o remount,bind,ro "$2"; true; }
 bind /dev "$root/dev"
+bind /dev/pts "$root/dev/pts"
 mount -t proc proc "$root/proc"; mounts+=("$root/proc")
 bind "$rustup_home" "$root/opt/rustup" ro
 bind "$cargo_bin" "$root/opt/cargo-bin" ro
@@ -41,7 +54,7 @@ cp /etc/resolv.conf "$root/etc/resolv.conf"
 # The machine's trust store, not a build tool: where the network inspects TLS, its CA is there.
 cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
 
-rm -rf "$root/work" "$root/root/.cargo"
+rm -rf --one-file-system "$root/work" "$root/root/.cargo"
 mkdir -p "$root/work"
 git clone -q "$PWD" "$root/work/veriface"
 toolchain=$(rustup show active-toolchain | cut -d' ' -f1)

@@ -7,13 +7,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::analysis::{Analyzer, EmotionScore, FaceAnalysis, TemporalState, DEEPFAKE_KEY};
+use crate::analysis::{
+    Analyzer, EmotionScore, FaceAnalysis, TemporalModel, TemporalState, DEEPFAKE_KEY,
+};
 use crate::face::{square_region, Detection, DetectorRange, FaceDetector, PresenceCheck, Tracker};
 use crate::frame::{crop_resize_into, Colour, Frame, Normalise};
 use crate::infer::{open_backend, Backend, BackendChoice, Model};
 use crate::manifest::Manifest;
 use crate::source::TimedFrame;
-use crate::verdict::{median, Label, TrackVerdict, VerdictConfig};
+use crate::verdict::{median, Label, TrackVerdict, Verdict, VerdictConfig};
 // The result types live with the verdict, below the sinks that print and store them.
 pub use crate::verdict::{FaceResult, FrameResult, Summary};
 
@@ -273,6 +275,51 @@ struct TrackState {
     frames: usize,
 }
 
+impl TrackState {
+    fn new(verdict: &VerdictConfig, temporal_model: Option<&TemporalModel>) -> Self {
+        Self {
+            last: None,
+            reused_for: 0,
+            verdict: TrackVerdict::new(verdict.clone()),
+            temporal_state: temporal_model.map(|m| m.start()),
+            temporal: None,
+            probabilities: Vec::new(),
+            emotions: Vec::new(),
+            frames: 0,
+        }
+    }
+
+    /// Whether the last analysis still stands: the face barely changed since it was made, and it
+    /// has not been reused too often already. `thumbnail` is `None` when the change gate is off.
+    fn can_reuse(&self, thumbnail: Option<&Vec<f32>>, schedule: &Schedule, at: (u64, u32)) -> bool {
+        match (&self.last, thumbnail) {
+            (Some((_, before)), Some(now)) => {
+                let change = mean_abs_difference(before, now);
+                log::debug!(
+                    "frame {} track {}: thumbnail change {change:.2}",
+                    at.0,
+                    at.1
+                );
+                self.reused_for < schedule.max_reuse && change <= schedule.min_change
+            }
+            _ => false,
+        }
+    }
+
+    /// Folds one frame's analysis into the track's verdict and history.
+    fn record(&mut self, analysis: &FaceAnalysis) -> Verdict {
+        let verdict = self.verdict.push(analysis.deepfake);
+        self.frames += 1;
+        if let Some(p) = analysis.deepfake {
+            self.probabilities.push(p);
+        }
+        if let Some(e) = &analysis.emotion {
+            self.emotions.push(e.index);
+        }
+        verdict
+    }
+}
+
 /// Per-stream state: tracker, hidden states, verdicts.
 pub struct Stream<'a> {
     engine: &'a Engine,
@@ -311,32 +358,13 @@ impl Stream<'_> {
         }
         let mut faces = Vec::with_capacity(tracked.len());
         for (id, det) in tracked {
-            let verdict_cfg = &self.verdict;
-            let temporal_model = engine.analyzer.temporal.as_ref();
-            let state = self.tracks.entry(id).or_insert_with(|| TrackState {
-                last: None,
-                reused_for: 0,
-                verdict: TrackVerdict::new(verdict_cfg.clone()),
-                temporal_state: temporal_model.map(|m| m.start()),
-                temporal: None,
-                probabilities: Vec::new(),
-                emotions: Vec::new(),
-                frames: 0,
+            let state = self.tracks.entry(id).or_insert_with(|| {
+                TrackState::new(&self.verdict, engine.analyzer.temporal.as_ref())
             });
             let thumbnail = schedule
                 .gates_on_change()
                 .then(|| face_thumbnail(&tf.frame, &det));
-            let keep = match (&state.last, &thumbnail) {
-                (Some((_, before)), Some(now)) => {
-                    let change = mean_abs_difference(before, now);
-                    log::debug!(
-                        "frame {} track {id}: thumbnail change {change:.2}",
-                        tf.index
-                    );
-                    state.reused_for < schedule.max_reuse && change <= schedule.min_change
-                }
-                _ => false,
-            };
+            let keep = state.can_reuse(thumbnail.as_ref(), schedule, (tf.index, id));
             let analysis = if keep {
                 state.reused_for += 1;
                 self.timings.reused += 1;
@@ -354,14 +382,7 @@ impl Stream<'_> {
                 self.timings.analyses += 1;
                 analysis
             };
-            let verdict = state.verdict.push(analysis.deepfake);
-            state.frames += 1;
-            if let Some(p) = analysis.deepfake {
-                state.probabilities.push(p);
-            }
-            if let Some(e) = &analysis.emotion {
-                state.emotions.push(e.index);
-            }
+            let verdict = state.record(&analysis);
             faces.push(FaceResult {
                 track: id,
                 score: det.score,

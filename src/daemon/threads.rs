@@ -75,6 +75,31 @@ pub(super) enum AnalysisMsg {
     Failed(String),
 }
 
+/// Loads the models and tells the control loop what they are, or why they did not load.
+fn load_engine(cfg: EngineConfig, out: &Sender<AnalysisMsg>) -> Option<Engine> {
+    match Engine::load(cfg) {
+        Ok(engine) => {
+            let models = engine
+                .manifest
+                .models
+                .iter()
+                .map(|(k, m)| (k.clone(), m.sha256.clone()))
+                .collect();
+            let _ = out.send(AnalysisMsg::Loaded(Loaded {
+                backend: engine.backend.clone(),
+                providers: engine.providers.clone(),
+                models,
+                classes: engine.emotion_classes(),
+            }));
+            Some(engine)
+        }
+        Err(e) => {
+            let _ = out.send(AnalysisMsg::Failed(format!("{e:#}")));
+            None
+        }
+    }
+}
+
 /// Analysis thread: loads the models, then analyses the newest frame until told to stop.
 pub(super) fn spawn_analysis(
     engine_cfg: EngineConfig,
@@ -88,31 +113,7 @@ pub(super) fn spawn_analysis(
     std::thread::Builder::new()
         .name("analysis".into())
         .spawn(move || {
-            let load = |cfg: EngineConfig, out: &Sender<AnalysisMsg>| -> Option<Engine> {
-                match Engine::load(cfg) {
-                    Ok(engine) => {
-                        let models = engine
-                            .manifest
-                            .models
-                            .iter()
-                            .map(|(k, m)| (k.clone(), m.sha256.clone()))
-                            .collect();
-                        let classes = engine.emotion_classes();
-                        let _ = out.send(AnalysisMsg::Loaded(Loaded {
-                            backend: engine.backend.clone(),
-                            providers: engine.providers.clone(),
-                            models,
-                            classes,
-                        }));
-                        Some(engine)
-                    }
-                    Err(e) => {
-                        let _ = out.send(AnalysisMsg::Failed(format!("{e:#}")));
-                        None
-                    }
-                }
-            };
-            let Some(mut engine) = load(engine_cfg, &out) else {
+            let Some(mut engine) = load_engine(engine_cfg, &out) else {
                 return;
             };
             let mut labels: std::collections::HashMap<u32, Label> = Default::default();
