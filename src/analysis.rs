@@ -133,6 +133,15 @@ pub struct Occlusion {
     pub crop: Tensor,
 }
 
+/// The first value of an output that must hold one (a logit): an empty tensor is an error.
+fn first_value(output: &Tensor, what: &str) -> Result<f32> {
+    output
+        .data
+        .first()
+        .copied()
+        .with_context(|| format!("{what} is empty (shape {:?})", output.shape))
+}
+
 /// The temporal model, one step per frame: (features, hidden) in, (fake logit, hidden) out.
 pub struct TemporalModel {
     model: Box<dyn Model>,
@@ -163,8 +172,9 @@ impl TemporalModel {
         if out.len() < 2 {
             bail!("temporal model must output (fake_logit, Y_h)");
         }
+        let logit = first_value(&out[0], "temporal model's fake_logit")?;
         state.hidden = std::mem::take(&mut out[1].data);
-        Ok(sigmoid(out[0].data[0]))
+        Ok(sigmoid(logit))
     }
 }
 
@@ -228,6 +238,12 @@ impl Analyzer {
         let temporal = match temporal_key {
             Some(key) => {
                 let spec = manifest.model(&key)?;
+                if spec.outputs.len() < 2 {
+                    bail!(
+                        "{}: a temporal model must output (fake_logit, Y_h)",
+                        spec.file
+                    );
+                }
                 let hidden = spec.extra_inputs.first().with_context(|| {
                     format!("{}: temporal model needs a hidden-state input", spec.file)
                 })?;
@@ -264,8 +280,9 @@ impl Analyzer {
             return Ok(None);
         };
         let mut out = df.model.run(&[df.crop.tensor(frame, det)])?;
+        let logit = first_value(&out[1], "deepfake model's fake_logit")?;
         let features = std::mem::take(&mut out[0].data);
-        Ok(Some((sigmoid(out[1].data[0]), features)))
+        Ok(Some((sigmoid(logit), features)))
     }
 
     pub fn emotion(&self, frame: &Frame, det: &Detection) -> Result<Option<EmotionScore>> {

@@ -392,6 +392,8 @@ pub struct Tracker {
     max_missed_frames: u64,
     /// The frame of the last `update`: tracks seen then are the live faces.
     last_update: Option<u64>,
+    /// Tracks dropped by updates since the last `take_ended`.
+    ended: Vec<u32>,
 }
 
 impl Tracker {
@@ -402,7 +404,15 @@ impl Tracker {
             min_iou,
             max_missed_frames,
             last_update: None,
+            ended: Vec::new(),
         }
+    }
+
+    /// The ids of the tracks that ended (unseen for more than `max_missed_frames`) since the last
+    /// call: whoever keeps state per track drops it then, so a kiosk that sees thousands of people
+    /// holds state only for those in view.
+    pub fn take_ended(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.ended)
     }
 
     /// Assign track ids to this frame's detections; returns (track id, detection) pairs.
@@ -453,8 +463,14 @@ impl Tracker {
             }
         }
         let max_missed = self.max_missed_frames;
-        self.tracks
-            .retain(|t| frame_no.saturating_sub(t.last_seen) <= max_missed);
+        let ended = &mut self.ended;
+        self.tracks.retain(|t| {
+            let live = frame_no.saturating_sub(t.last_seen) <= max_missed;
+            if !live {
+                ended.push(t.id);
+            }
+            live
+        });
         self.last_update = Some(frame_no);
         assigned
             .into_iter()
@@ -562,6 +578,19 @@ mod tests {
         tracker.update(5, &[det(1.0, 1.0, 10.0, 0.9)]);
         let c = tracker.update(6, &[det(1.0, 1.0, 10.0, 0.9), det(102.0, 1.0, 10.0, 0.9)]);
         assert_eq!(c.iter().map(|p| p.0).collect::<Vec<_>>(), vec![1, 3]);
+    }
+
+    #[test]
+    fn tracker_reports_each_ended_track_once() {
+        let mut tracker = Tracker::new(0.3, 2);
+        tracker.update(0, &[det(0.0, 0.0, 10.0, 0.9), det(100.0, 0.0, 10.0, 0.9)]);
+        tracker.update(2, &[det(0.0, 0.0, 10.0, 0.9)]);
+        assert!(tracker.take_ended().is_empty(), "face 2 is within its gap");
+        tracker.update(3, &[det(0.0, 0.0, 10.0, 0.9)]);
+        assert_eq!(tracker.take_ended(), vec![2]);
+        assert!(tracker.take_ended().is_empty(), "reported once");
+        tracker.update(9, &[]);
+        assert_eq!(tracker.take_ended(), vec![1]);
     }
 
     #[test]

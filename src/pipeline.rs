@@ -226,6 +226,8 @@ impl Engine {
             engine: self,
             tracker: Tracker::new(self.config.track_iou, self.config.track_max_missed),
             tracks: BTreeMap::new(),
+            ended_main: None,
+            tracks_seen: 0,
             verdict,
             frames: 0,
             frames_with_faces: 0,
@@ -324,7 +326,11 @@ impl TrackState {
 pub struct Stream<'a> {
     engine: &'a Engine,
     tracker: Tracker,
+    /// State of the tracks in view; a track's state is dropped when the tracker ends it.
     tracks: BTreeMap<u32, TrackState>,
+    /// Of the ended tracks, the one the summary would name as the main face (most frames).
+    ended_main: Option<(u32, TrackState)>,
+    tracks_seen: usize,
     verdict: VerdictConfig,
     frames: u64,
     frames_with_faces: u64,
@@ -359,6 +365,7 @@ impl Stream<'_> {
         let mut faces = Vec::with_capacity(tracked.len());
         for (id, det) in tracked {
             let state = self.tracks.entry(id).or_insert_with(|| {
+                self.tracks_seen += 1;
                 TrackState::new(&self.verdict, engine.analyzer.temporal.as_ref())
             });
             let thumbnail = schedule
@@ -392,11 +399,35 @@ impl Stream<'_> {
                 verdict,
             });
         }
+        let ended_tracks = self.tracker.take_ended();
+        for id in &ended_tracks {
+            self.end_track(*id);
+        }
         Ok(FrameResult {
             index: tf.index,
             seconds: tf.seconds,
             faces,
+            ended_tracks,
         })
+    }
+
+    /// Drops an ended track's state, keeping it only if it is the main face so far.
+    fn end_track(&mut self, id: u32) {
+        let Some(state) = self.tracks.remove(&id) else {
+            return;
+        };
+        let is_main = self
+            .ended_main
+            .as_ref()
+            .is_none_or(|(main_id, main)| main_key(id, &state) > main_key(*main_id, main));
+        if is_main {
+            self.ended_main = Some((id, state));
+        }
+    }
+
+    /// How many tracks this stream holds state for: those in view and at most one that ended.
+    pub fn tracks_held(&self) -> usize {
+        self.tracks.len() + usize::from(self.ended_main.is_some())
     }
 
     pub fn summary(&self) -> Summary {
@@ -407,10 +438,12 @@ impl Stream<'_> {
             .as_ref()
             .map(|e| e.classes.as_slice())
             .unwrap_or(&[]);
+        let ended = self.ended_main.as_ref().map(|(id, s)| (id, s));
         let main = self
             .tracks
             .iter()
-            .max_by_key(|(id, s)| (s.frames, std::cmp::Reverse(**id)));
+            .chain(ended)
+            .max_by_key(|(id, s)| main_key(**id, s));
         let Some((&main_id, state)) = main else {
             return Summary {
                 label: Label::NoFace,
@@ -463,11 +496,16 @@ impl Stream<'_> {
             consistency: state.verdict.consistency(),
             frames: self.frames,
             frames_with_faces: self.frames_with_faces,
-            tracks: self.tracks.len(),
+            tracks: self.tracks_seen,
             main_track: Some(main_id),
             emotions,
         }
     }
+}
+
+/// The main face of a stream is the track analysed in the most frames; of equals, the first.
+fn main_key(id: u32, state: &TrackState) -> (usize, std::cmp::Reverse<u32>) {
+    (state.frames, std::cmp::Reverse(id))
 }
 
 /// Run the analysis models on one face: frame model, one GRU step on its features, emotion.

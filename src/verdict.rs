@@ -239,6 +239,10 @@ pub struct FrameResult {
     pub index: u64,
     pub seconds: f64,
     pub faces: Vec<FaceResult>,
+    /// Tracks that ended at this frame (out of view too long): their ids will not come back, so
+    /// whoever keeps something per track drops it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ended_tracks: Vec<u32>,
 }
 
 /// The answer for a whole file or stream.

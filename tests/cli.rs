@@ -226,6 +226,31 @@ fn a_bad_file_in_a_folder_does_not_lose_the_good_ones() {
 }
 
 #[test]
+fn a_link_back_to_a_parent_folder_is_skipped_not_walked_forever() {
+    let dir = scratch("linkloop");
+    std::fs::create_dir_all(dir.join("people")).unwrap();
+    std::fs::copy(
+        repo().join("samples/astronaut.png"),
+        dir.join("people/astronaut.png"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("..", dir.join("people/up")).unwrap();
+    let o = veriface(&["analyze", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o).matches("astronaut.png").count(),
+        1,
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stderr(&o).contains("a link back to a folder above it"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
 fn missing_input_is_one_clear_error() {
     let o = veriface(&["analyze", "no/such/clip.mp4"]);
     assert_one_error(&o, Path::new("no/such/clip.mp4"), "no such file or folder");
@@ -268,6 +293,33 @@ fn wrong_or_missing_model_file_is_named() {
         manifest.to_str().unwrap(),
     ]);
     assert_one_error(&o, &emotion, "cannot read model file");
+}
+
+#[test]
+fn a_model_with_fewer_outputs_than_its_manifest_names_is_a_load_error() {
+    // The features-only backbone under the deepfake key, with its own hash: the file verifies
+    // and its input fits, but it gives one output where the stage reads (features, fake_logit).
+    let dir = model_copy("fewoutputs");
+    let manifest = dir.join("manifest.toml");
+    let mut doc: toml::Table = std::fs::read_to_string(&manifest).unwrap().parse().unwrap();
+    let models = doc["models"].as_table_mut().unwrap();
+    let backbone = models["backbone"].as_table().unwrap().clone();
+    let deepfake = models["deepfake"].as_table_mut().unwrap();
+    for key in ["file", "sha256", "normalise", "crop_scale"] {
+        deepfake.insert(key.into(), backbone[key].clone());
+    }
+    std::fs::write(&manifest, doc.to_string()).unwrap();
+    let o = veriface(&[
+        "analyze",
+        "samples/astronaut.png",
+        "--models",
+        manifest.to_str().unwrap(),
+    ]);
+    assert_one_error(
+        &o,
+        &dir.join("efficientnet_lite0_features.onnx"),
+        "the model gives 1 output, the manifest names 2 (features, fake_logit)",
+    );
 }
 
 #[test]

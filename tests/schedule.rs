@@ -147,3 +147,55 @@ fn out_of_range_schedules_are_refused_at_load_and_on_a_stream() {
         );
     }
 }
+
+#[test]
+fn a_stream_holds_state_only_for_faces_in_view_and_the_main_one() {
+    // A kiosk sees thousands of people: each one's track ends when they leave, and the stream
+    // must let its state go, keeping only what the summary needs (the main face).
+    let engine = Engine::load(EngineConfig {
+        manifest: repo().join("models/manifest.toml"),
+        track_max_missed: 2,
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let face = astronaut();
+    let empty = Frame::new(face.width, face.height, vec![0; face.rgb.len()]);
+    // Six visits, each followed by an empty scene long enough to end the track; the third visit
+    // is the longest, so its track is the main face though it ended long before the last frame.
+    let mut frames = Vec::new();
+    for visit in 0..6 {
+        let stay = if visit == 2 { 3 } else { 1 };
+        frames.extend(std::iter::repeat_n(face.clone(), stay));
+        frames.extend(std::iter::repeat_n(empty.clone(), 4));
+    }
+    let mut stream = engine
+        .stream()
+        .with_schedule(Schedule::EVERY_FRAME)
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut ended: Vec<u32> = Vec::new();
+    for f in &timed(frames) {
+        let result = stream.process(f).unwrap();
+        for face in &result.faces {
+            if !seen.contains(&face.track) {
+                seen.push(face.track);
+            }
+        }
+        ended.extend(&result.ended_tracks);
+        assert!(
+            stream.tracks_held() <= 2,
+            "frame {}: state held for {} tracks",
+            result.index,
+            stream.tracks_held()
+        );
+    }
+    assert_eq!(seen.len(), 6, "each visit is a new track");
+    assert_eq!(ended, seen, "every track ends once, in order");
+    let summary = stream.summary();
+    assert_eq!(summary.tracks, 6);
+    assert_eq!(summary.main_track, Some(seen[2]));
+    assert!(
+        summary.score.is_some(),
+        "the ended main track still gives the score"
+    );
+}

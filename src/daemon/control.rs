@@ -240,6 +240,9 @@ impl<'a> ControlLoop<'a> {
 
     /// A line when a verdict changes, else at most one per track per second.
     fn print_changes(&mut self, a: &Analysed, now: Instant) {
+        for id in &a.result.ended_tracks {
+            self.last_print.remove(id);
+        }
         let changed = a.result.faces.iter().any(|f| {
             self.last_print.get(&f.track).is_none_or(|(label, at)| {
                 *label != f.verdict.label || now.duration_since(*at) >= Duration::from_secs(1)

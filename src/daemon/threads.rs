@@ -171,6 +171,9 @@ fn save_snapshots(
     result: &FrameResult,
     labels: &mut std::collections::HashMap<u32, Label>,
 ) {
+    for id in &result.ended_tracks {
+        labels.remove(id);
+    }
     for face in &result.faces {
         if labels.insert(face.track, face.verdict.label) == Some(face.verdict.label) {
             continue;

@@ -67,10 +67,9 @@ pub fn collect_items(dir: &Path) -> Result<Vec<Item>> {
         // Images grouped by the folder that holds them; videos are items on their own.
         let mut folders: std::collections::BTreeMap<PathBuf, Vec<PathBuf>> = Default::default();
         for entry in walkdir::WalkDir::new(&root).follow_links(true) {
-            let entry = entry.map_err(|e| {
-                let at = e.path().unwrap_or(&root).display().to_string();
-                anyhow::anyhow!("{at}: cannot list folder: {e}")
-            })?;
+            let Some(entry) = source::walk_entry(entry, &root)? else {
+                continue;
+            };
             if entry.file_type().is_dir() {
                 continue;
             }

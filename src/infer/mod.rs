@@ -48,6 +48,24 @@ pub trait Backend {
     fn load(&self, manifest: &Manifest, key: &str) -> Result<Box<dyn Model>>;
 }
 
+/// A model must give at least the outputs its manifest entry names: the stages index them, and a
+/// wrong file under the right name (and hash) is a load error naming it, not a panic mid-stream.
+pub(crate) fn check_output_count(
+    file: &str,
+    found: usize,
+    spec: &crate::manifest::ModelSpec,
+) -> Result<()> {
+    if found < spec.outputs.len() {
+        anyhow::bail!(
+            "{file}: the model gives {found} output{}, the manifest names {} ({})",
+            if found == 1 { "" } else { "s" },
+            spec.outputs.len(),
+            spec.outputs.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// Zeros of every input shape the manifest gives for `key`, in the model's input order.
 pub fn zero_inputs(manifest: &Manifest, key: &str) -> Result<Vec<Tensor>> {
     let spec = manifest.model(key)?;

@@ -223,7 +223,7 @@ fn check_inputs(session: &Session, spec: &crate::manifest::ModelSpec, file: &str
             session.inputs().len()
         );
     }
-    Ok(())
+    crate::infer::check_output_count(file, session.outputs().len(), spec)
 }
 
 impl Model for OrtModel {

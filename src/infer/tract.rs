@@ -85,6 +85,7 @@ fn optimized_plan(
         .map_err(fail)?
         .into_runnable()
         .map_err(fail)?;
+    crate::infer::check_output_count(&file, plan.model().outputs.len(), spec)?;
     Ok((plan, file))
 }
 

@@ -332,6 +332,27 @@ pub fn video_info(path: &Path) -> Result<VideoInfo> {
     }
 }
 
+/// One entry of a folder walk that follows links: a link back to a folder above it (a loop) is
+/// skipped with a warning, since everything below it is listed already; any other error is one
+/// line naming the place.
+pub fn walk_entry(
+    entry: walkdir::Result<walkdir::DirEntry>,
+    root: &Path,
+) -> Result<Option<walkdir::DirEntry>> {
+    match entry {
+        Ok(entry) => Ok(Some(entry)),
+        Err(e) if e.loop_ancestor().is_some() => {
+            let at = e.path().unwrap_or(root).display();
+            log::warn!("{at}: skipped, a link back to a folder above it");
+            Ok(None)
+        }
+        Err(e) => {
+            let at = e.path().unwrap_or(root).display().to_string();
+            Err(anyhow!("{at}: cannot list folder: {e}"))
+        }
+    }
+}
+
 /// Media files under a path: the file itself, or every image/video below a folder, sorted.
 pub fn collect_media(path: &Path) -> Result<Vec<PathBuf>> {
     let meta = std::fs::metadata(path)
@@ -341,10 +362,9 @@ pub fn collect_media(path: &Path) -> Result<Vec<PathBuf>> {
     }
     let mut out = Vec::new();
     for entry in walkdir::WalkDir::new(path).follow_links(true) {
-        let entry = entry.map_err(|e| {
-            let at = e.path().unwrap_or(path).display().to_string();
-            anyhow!("{at}: cannot list folder: {e}")
-        })?;
+        let Some(entry) = walk_entry(entry, path)? else {
+            continue;
+        };
         if !entry.file_type().is_dir() && media_kind(entry.path()).is_some() {
             out.push(entry.into_path());
         }

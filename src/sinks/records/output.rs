@@ -77,6 +77,9 @@ impl Output for RecordsOutput {
     }
 
     fn frame(&mut self, view: &LiveView) -> Result<()> {
+        for id in &view.result.ended_tracks {
+            self.last.remove(id);
+        }
         for face in &view.result.faces {
             let due = match self.last.get(&face.track) {
                 None => true,
