@@ -385,3 +385,69 @@ fn writer_pauses_when_the_disk_is_nearly_full_and_resumes() {
     assert_eq!(frames, [0, 5]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn follow_moves_on_across_rotations_and_never_rereads_a_deleted_file() {
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+    let dir = scratch("follow");
+    let cfg = RecordsConfig {
+        dir: dir.display().to_string(),
+        flush_ms: 0,
+        rotate_kib: 1,
+        keep_files: 2,
+        min_free_mib: 0,
+        ..RecordsConfig::default()
+    };
+    let space = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+    let mut writer = RecordWriter::open(&dir, cfg, Box::new(SetSpace(space))).unwrap();
+    writer.write(&face(1, 0, Label::Real)).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let followed = dir.clone();
+    std::thread::spawn(move || {
+        let _ = veriface::sinks::records::follow(&followed, |file, _, r| {
+            let Event::Face(f) = &r.event else {
+                return Ok(());
+            };
+            let name = file.file_name().unwrap().to_string_lossy().into_owned();
+            tx.send((f.frame, name))
+                .map_err(|_| anyhow::anyhow!("test over"))
+        });
+    });
+    // About 25 records a file, two files kept: each file is deleted about a second after the
+    // daemon left it (the follower polls every 200 ms, so it has moved on long before).
+    let last = 150u64;
+    for frame in 1..=last {
+        writer.write(&face(1, frame, Label::Real)).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let t0 = Instant::now();
+    let mut got = Vec::new();
+    let mut files = Vec::new();
+    while got.last() != Some(&last) {
+        let left = Duration::from_secs(20).saturating_sub(t0.elapsed());
+        let (frame, file) = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("follow stopped after frames {got:?}"));
+        got.push(frame);
+        if files.last() != Some(&file) {
+            files.push(file);
+        }
+    }
+    let expected: Vec<u64> = (0..=last).collect();
+    assert_eq!(got, expected, "every record once, in order");
+    assert!(files.len() >= 5, "followed across rotations: {files:?}");
+    assert!(
+        record_files(&dir).unwrap().len() <= 2,
+        "older files were deleted"
+    );
+    // The file being followed is deleted (nothing newer): nothing is read again.
+    writer.flush(true).unwrap();
+    for file in record_files(&dir).unwrap() {
+        std::fs::remove_file(file).unwrap();
+    }
+    assert!(
+        rx.recv_timeout(Duration::from_millis(800)).is_err(),
+        "a deleted file was read again"
+    );
+}

@@ -80,7 +80,8 @@ pub(crate) enum LogCommand {
         /// CSV with a header instead of JSON lines
         #[arg(long)]
         csv: bool,
-        /// Keep reading the (single) file as the daemon appends to it
+        /// Keep reading as the daemon writes: one record file, or a record folder from its newest
+        /// file on, across rotations
         #[arg(long)]
         follow: bool,
     },

@@ -13,15 +13,17 @@ pub(crate) fn log_command(cmd: &LogCommand) -> Result<ExitCode> {
     let mut out = stdout.lock();
     match cmd {
         LogCommand::Decode { paths, csv, follow } => {
-            let files = records::expand_paths(paths)?;
             if *follow {
-                let [file] = files.as_slice() else {
-                    anyhow::bail!("--follow takes one record file ({} given)", files.len());
+                let [path] = paths.as_slice() else {
+                    anyhow::bail!(
+                        "--follow takes one record file or folder ({} given)",
+                        paths.len()
+                    );
                 };
                 if *csv {
                     writeln!(out, "{}", records::CSV_HEADER)?;
                 }
-                records::follow(file, |off, r| {
+                records::follow(path, |file, off, r| {
                     let line = if *csv {
                         records::to_csv(r)
                     } else {
@@ -32,6 +34,7 @@ pub(crate) fn log_command(cmd: &LogCommand) -> Result<ExitCode> {
                     Ok(())
                 })?;
             } else {
+                let files = records::expand_paths(paths)?;
                 records::write_decoded(&files, *csv, &mut out)?;
             }
         }

@@ -14,7 +14,7 @@ use super::config::Config;
 use super::notify::Notifier;
 use super::status::{LastVerdict, StageMs, Status};
 use super::threads::{Analysed, Latest, Loaded};
-use super::{effective_config, engine_config, outputs_for, wall_ms, RunOptions};
+use super::{effective_config, engine_config, mono_ms, outputs_for, wall_ms, RunOptions};
 use crate::pipeline::EngineConfig;
 use crate::sinks::{report, DaemonEvent, LiveView, Output};
 use crate::source::camera::{CameraEvent, CameraState};
@@ -264,7 +264,7 @@ impl<'a> ControlLoop<'a> {
     pub(super) fn check_stall(&mut self) {
         let busy = self.busy_since.load(Ordering::Relaxed);
         let stall_s = self.cfg.watchdog.inference_stall_s;
-        let stalled = busy != 0 && wall_ms().saturating_sub(busy) as f64 > stall_s * 1000.0;
+        let stalled = busy != 0 && mono_ms().saturating_sub(busy) as f64 > stall_s * 1000.0;
         if stalled && !self.stall_reported {
             log::error!("inference stuck for more than {stall_s:.0} s");
         }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::wall_ms;
+use super::{mono_ms, wall_ms};
 use crate::frame::Frame;
 use crate::pipeline::{Engine, EngineConfig, FrameResult, StageTimings};
 use crate::source::camera::{CameraEvent, CameraState, Step, Supervisor};
@@ -136,7 +136,7 @@ pub(super) fn spawn_analysis(
                         continue;
                     };
                     let start = Instant::now();
-                    busy_since_ms.store(wall_ms(), Ordering::Relaxed);
+                    busy_since_ms.store(mono_ms(), Ordering::Relaxed);
                     let before = stream.timings.clone();
                     let result = stream.process(&tf);
                     busy_since_ms.store(0, Ordering::Relaxed);

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::format::*;
-use super::writer::record_files;
+use super::writer::{file_number, record_files};
 
 /// Civil date and time (UTC) of a Unix time in ms: "YYYY-MM-DD HH:MM:SS.mmm".
 pub fn utc(ms: u64) -> String {
@@ -214,44 +214,113 @@ impl Stats {
     }
 }
 
-/// Follow a growing record file (`log decode --follow`): calls `each` for every new record.
-pub fn follow(path: &Path, mut each: impl FnMut(u64, &Record) -> Result<()>) -> Result<()> {
+/// Follow the daemon's records as they are written (`log decode --follow`): a record file, or a
+/// record folder from its newest file. Calls `each` with the file and offset of every new record.
+/// When the daemon rotates to a new file, the rest of the old one is read and the new one followed
+/// from its start (so a rotated-away or deleted file is never read again); a file truncated or
+/// replaced under the same name is read again from its start. Returns only with an error, or when
+/// `each` returns one.
+pub fn follow(path: &Path, mut each: impl FnMut(&Path, u64, &Record) -> Result<()>) -> Result<()> {
+    const POLL: Duration = Duration::from_millis(200);
+    let is_dir = std::fs::metadata(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?
+        .is_dir();
+    let dir = if is_dir {
+        path.to_path_buf()
+    } else {
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf()
+    };
+    let mut current = if is_dir {
+        let mut waiting = false;
+        loop {
+            if let Some(newest) = record_files(&dir)?.pop() {
+                break newest;
+            }
+            if !std::mem::replace(&mut waiting, true) {
+                eprintln!("{}: waiting for the first record file", dir.display());
+            }
+            std::thread::sleep(POLL);
+        }
+    } else {
+        path.to_path_buf()
+    };
+    loop {
+        current = follow_file(&current, &dir, POLL, &mut each)?;
+    }
+}
+
+/// Follows one file until a newer record file exists beside it and this one has been read to the
+/// end (or is gone); returns the next file.
+fn follow_file(
+    path: &Path,
+    dir: &Path,
+    poll: Duration,
+    each: &mut impl FnMut(&Path, u64, &Record) -> Result<()>,
+) -> Result<PathBuf> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    use std::os::unix::fs::MetadataExt;
+    let open = || -> Result<(File, u64)> {
+        let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+        let inode = file.metadata()?.ino();
+        Ok((file, inode))
+    };
+    let (mut file, mut inode) = open()?;
+    let number = file_number(path);
     let mut pending: Vec<u8> = Vec::new();
     let mut base = 0u64;
     loop {
         let mut chunk = Vec::new();
         file.read_to_end(&mut chunk)
             .with_context(|| format!("{}: read failed", path.display()))?;
-        if chunk.is_empty() {
-            // Rotated or truncated underneath us: start again from the top.
-            let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-            if len < base + pending.len() as u64 {
+        if !chunk.is_empty() {
+            pending.extend_from_slice(&chunk);
+            let mut d = Decoded::default();
+            let used = decode(&pending, base, false, &mut d);
+            for dmg in &d.damaged {
+                eprintln!(
+                    "{}: bytes {}..{} damaged: {}",
+                    path.display(),
+                    dmg.start,
+                    dmg.end,
+                    dmg.reason
+                );
+            }
+            for (off, r) in &d.records {
+                each(path, *off, r)?;
+            }
+            pending.drain(..used);
+            base += used as u64;
+            continue;
+        }
+        // Read to the end: has the daemon moved on to a newer file?
+        if let Some(n) = number {
+            let newer = record_files(dir)?
+                .into_iter()
+                .find(|p| file_number(p).is_some_and(|m| m > n));
+            if let Some(next) = newer {
+                return Ok(next);
+            }
+        }
+        match std::fs::metadata(path) {
+            // Replaced under the same name: the new file from its start.
+            Ok(m) if m.ino() != inode => {
+                (file, inode) = open()?;
+                pending.clear();
+                base = 0;
+            }
+            // Truncated: from the start again.
+            Ok(m) if m.len() < base + pending.len() as u64 => {
                 file.seek(SeekFrom::Start(0))?;
                 pending.clear();
                 base = 0;
             }
-            std::thread::sleep(Duration::from_millis(200));
-            continue;
+            // Still growing, or deleted with nothing newer yet: wait (never re-read it).
+            _ => {}
         }
-        pending.extend_from_slice(&chunk);
-        let mut d = Decoded::default();
-        let used = decode(&pending, base, false, &mut d);
-        for dmg in &d.damaged {
-            eprintln!(
-                "{}: bytes {}..{} damaged: {}",
-                path.display(),
-                dmg.start,
-                dmg.end,
-                dmg.reason
-            );
-        }
-        for (off, r) in &d.records {
-            each(*off, r)?;
-        }
-        pending.drain(..used);
-        base += used as u64;
+        std::thread::sleep(poll);
     }
 }
 
