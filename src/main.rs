@@ -26,14 +26,14 @@ fn main() -> ExitCode {
         Command::Analyze(args) => cli::analyze::analyze(&cli, args),
         Command::Eval(args) => cli::eval::eval(&cli, args),
         Command::Models { action: None } => {
-            let cfg = engine_config(&cli, DetectorRange::Short, 0.5);
+            let cfg = engine_config(&cli, DetectorRange::Short, None);
             cli::models::models(&cfg, false)
         }
         Command::Models {
             action: Some(ModelsAction::Prepare { config }),
         } => cli::models::models_prepare(&cli, config),
         Command::Bench(args) => {
-            let mut config = engine_config(&cli, DetectorRange::Short, 0.5);
+            let mut config = engine_config(&cli, DetectorRange::Short, None);
             config.deepfake = args.deepfake_model.clone();
             config.threads = args.threads as usize;
             match &args.model {

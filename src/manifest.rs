@@ -72,6 +72,10 @@ pub struct ModelSpec {
     /// (see models/tools/manifest.py). Other backends pick their own layout and ignore it.
     #[serde(default)]
     pub tract_channels_last: bool,
+    /// For a frame deepfake model: the operating threshold on its fake probability, chosen on
+    /// validation data for a stated BPCER (see models/README.md).
+    #[serde(default)]
+    pub threshold: Option<f32>,
     pub licence: String,
     pub source: String,
     pub training_data: String,
@@ -142,6 +146,26 @@ impl Manifest {
             return Err(self.no_model(key));
         }
         Ok(self.models.get_mut(key).expect("checked above"))
+    }
+
+    /// The operating threshold of a deepfake model: its own, else that of the model it is a
+    /// variant of, else 0.5 (also when the model is absent: there is no score to threshold).
+    pub fn operating_threshold(&self, key: &str) -> Result<f32> {
+        let spec = self.models.get(key);
+        let base = spec
+            .and_then(|s| s.variant_of.as_deref())
+            .and_then(|b| self.models.get(b));
+        let t = spec
+            .and_then(|s| s.threshold)
+            .or(base.and_then(|s| s.threshold))
+            .unwrap_or(0.5);
+        if !(t > 0.0 && t < 1.0) {
+            bail!(
+                "{}: models.{key}.threshold = {t}: must be within 0..1",
+                self.path.display()
+            );
+        }
+        Ok(t)
     }
 
     /// The first model (in key order) that does this task, if any.

@@ -15,7 +15,7 @@ use crate::frame::{crop_resize_into, Colour, Frame, Normalise};
 use crate::infer::{open_backend, Backend, BackendChoice, Model};
 use crate::manifest::Manifest;
 use crate::source::TimedFrame;
-use crate::verdict::{median, Label, TrackVerdict, Verdict, VerdictConfig};
+use crate::verdict::{median, Label, TrackVerdict, Verdict, VerdictConfig, VerdictSettings};
 // The result types live with the verdict, below the sinks that print and store them.
 pub use crate::verdict::{FaceResult, FrameResult, Summary};
 
@@ -30,7 +30,9 @@ pub struct EngineConfig {
     pub detector: DetectorRange,
     /// Manifest key of the frame deepfake model.
     pub deepfake: String,
-    pub verdict: VerdictConfig,
+    /// The verdict's window, threshold and hysteresis band; what is unset centres on the
+    /// deepfake model's operating threshold from the manifest (chosen on validation by train.py).
+    pub verdict: VerdictSettings,
     /// Tracker: minimum IoU to continue a track, frames a track may go unseen.
     pub track_iou: f64,
     pub track_max_missed: u64,
@@ -96,7 +98,7 @@ impl Default for EngineConfig {
             manifest: crate::manifest::default_manifest_path(),
             detector: DetectorRange::Short,
             deepfake: DEEPFAKE_KEY.into(),
-            verdict: VerdictConfig::default(),
+            verdict: VerdictSettings::default(),
             track_iou: 0.3,
             track_max_missed: 10,
             backend: BackendChoice::Tract,
@@ -112,6 +114,8 @@ pub struct Engine {
     pub detector: FaceDetector,
     pub analyzer: Analyzer,
     pub config: EngineConfig,
+    /// The verdict settings in force: the configured ones, or the deepfake model's.
+    pub verdict: VerdictConfig,
     /// `tract`, or ONNX Runtime with the provider(s) that really run the models.
     pub backend: String,
     /// Manifest key -> what runs it (`tract` or an ONNX Runtime execution provider).
@@ -165,9 +169,14 @@ fn backend_summary(providers: &[(String, String)]) -> String {
 
 impl Engine {
     pub fn load(config: EngineConfig) -> Result<Engine> {
-        config.verdict.validate().map_err(|e| anyhow::anyhow!(e))?;
         config.schedule.validate()?;
         let manifest = Manifest::load(&config.manifest)?;
+        let verdict = config
+            .verdict
+            .resolve(manifest.operating_threshold(&config.deepfake)?);
+        verdict
+            .validate()
+            .map_err(|e| anyhow::anyhow!("verdict: {e} (got {verdict:?})"))?;
         let opened = open_backend(&config.backend, config.threads)?;
         let backend = Recording {
             inner: opened.as_ref(),
@@ -203,6 +212,7 @@ impl Engine {
             detector,
             analyzer,
             config,
+            verdict,
             backend: backend_summary(&providers),
             providers,
         })
@@ -218,7 +228,7 @@ impl Engine {
     }
 
     pub fn stream(&self) -> Stream<'_> {
-        self.stream_with(self.config.verdict.clone())
+        self.stream_with(self.verdict.clone())
     }
 
     pub fn stream_with(&self, verdict: VerdictConfig) -> Stream<'_> {

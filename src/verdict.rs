@@ -65,18 +65,82 @@ impl Default for VerdictConfig {
     }
 }
 
+/// Verdict settings as configured (a config file's `[verdict]`, command-line flags): what is
+/// left out follows the deepfake model's operating threshold, which only the manifest knows.
+/// `resolve` turns them into the `VerdictConfig` a stream runs with.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VerdictSettings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_frames: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fake_enter: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fake_exit: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub real_enter: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub real_exit: Option<f32>,
+}
+
+impl VerdictSettings {
+    /// Only the operating threshold given; the band centres on it.
+    pub fn at(threshold: f32) -> Self {
+        VerdictSettings {
+            threshold: Some(threshold),
+            ..Default::default()
+        }
+    }
+
+    /// The settings given, the rest from the band centred on the threshold (given, else the
+    /// model's).
+    pub fn resolve(&self, model_threshold: f32) -> VerdictConfig {
+        let base = VerdictConfig::centred_on(self.threshold.unwrap_or(model_threshold));
+        VerdictConfig {
+            window: self.window.unwrap_or(base.window),
+            min_frames: self.min_frames.unwrap_or(base.min_frames),
+            fake_enter: self.fake_enter.unwrap_or(base.fake_enter),
+            fake_exit: self.fake_exit.unwrap_or(base.fake_exit),
+            real_enter: self.real_enter.unwrap_or(base.real_enter),
+            real_exit: self.real_exit.unwrap_or(base.real_exit),
+            threshold: base.threshold,
+        }
+    }
+
+    /// True when a band edge is set without the threshold it must surround (whether it fits
+    /// would depend on the model's threshold: a config error).
+    pub fn needs_model_threshold(&self) -> bool {
+        self.threshold.is_none()
+            && [
+                self.fake_enter,
+                self.fake_exit,
+                self.real_enter,
+                self.real_exit,
+            ]
+            .iter()
+            .any(Option::is_some)
+    }
+}
+
 impl VerdictConfig {
-    /// The default hysteresis band moved to sit around `threshold` (clamped to 0..1), so any
-    /// operating point in 0..1 gives a valid config.
+    /// The default hysteresis band around `threshold` (clamped to 0..1): each edge keeps its
+    /// default share of the room on its side (0.5 gives the defaults), so a threshold near 0 or 1
+    /// still leaves a band scores can enter and any operating point gives a valid config.
     pub fn centred_on(threshold: f32) -> Self {
         let d = VerdictConfig::default();
-        let shift = |v: f32| (v - d.threshold + threshold).clamp(0.0, 1.0);
+        let t = threshold.clamp(0.0, 1.0);
+        let above = |v: f32| t + (v - d.threshold) / (1.0 - d.threshold) * (1.0 - t);
+        let below = |v: f32| t - (d.threshold - v) / d.threshold * t;
         VerdictConfig {
-            fake_enter: shift(d.fake_enter),
-            fake_exit: shift(d.fake_exit),
-            real_enter: shift(d.real_enter),
-            real_exit: shift(d.real_exit),
-            threshold,
+            fake_enter: above(d.fake_enter),
+            fake_exit: above(d.fake_exit),
+            real_enter: below(d.real_enter),
+            real_exit: below(d.real_exit),
+            threshold: t,
             ..d
         }
     }
@@ -318,6 +382,38 @@ mod tests {
         let v = t.push(None);
         assert_eq!(v.label, Label::Unscored);
         assert!(v.smoothed.is_none());
+    }
+
+    #[test]
+    fn a_band_centred_near_an_edge_can_still_be_entered() {
+        assert_eq!(VerdictConfig::centred_on(0.5), VerdictConfig::default());
+        for t in [0.0, 0.01, 0.3, 0.9994, 1.0] {
+            VerdictConfig::centred_on(t).validate().unwrap();
+        }
+        let high = VerdictConfig::centred_on(0.9994);
+        assert!(high.fake_exit > 0.9994 && high.fake_enter < 1.0, "{high:?}");
+        let mut v = TrackVerdict::new(high);
+        let last = (0..5).map(|_| v.push(Some(0.9999))).last().unwrap();
+        assert_eq!(last.label, Label::Fake);
+    }
+
+    #[test]
+    fn settings_left_out_follow_the_model_threshold() {
+        let partial = VerdictSettings {
+            window: Some(9),
+            ..Default::default()
+        };
+        let v = partial.resolve(0.8);
+        assert_eq!((v.window, v.threshold), (9, 0.8));
+        assert!(v.real_exit < 0.8 && 0.8 < v.fake_exit, "{v:?}");
+        v.validate().unwrap();
+        assert_eq!(VerdictSettings::at(0.3).resolve(0.8).threshold, 0.3);
+        let band_only = VerdictSettings {
+            fake_enter: Some(0.7),
+            ..Default::default()
+        };
+        assert!(band_only.needs_model_threshold());
+        assert!(!VerdictSettings::at(0.5).needs_model_threshold());
     }
 
     #[test]

@@ -529,7 +529,11 @@ fn eval_reports_metrics_json_plots_and_lists_what_it_could_not_score() {
     let cfg = veriface::daemon::config::Config::parse(&snippet)
         .unwrap_or_else(|e| panic!("{e:#}\n{snippet}"));
     assert!(out.contains("BPCER 0.0000"), "{out}");
-    assert!((0.0..=1.0 + 1e-5).contains(&cfg.verdict.threshold));
+    let threshold = cfg
+        .verdict
+        .threshold
+        .expect("the printed [verdict] has a threshold");
+    assert!((0.0..=1.0 + 1e-5).contains(&threshold));
 }
 
 #[test]

@@ -338,9 +338,18 @@ def main() -> None:
 
     print("writing golden references")
     write_golden(present, samples)
-    mf.write_manifest(MODELS / "manifest.toml", {k: sha256(p) for k, p in present.items()})
+    mf.write_manifest(MODELS / "manifest.toml", {k: sha256(p) for k, p in present.items()}, deepfake_thresholds())
     for k, p in present.items():
         print(f"  {p.name:36s} {p.stat().st_size / 1e6:7.2f} MB  {sha256(p)[:16]}")
+
+
+def deepfake_thresholds() -> dict:
+    """The operating threshold train.py chose on validation, into the deepfake models' entries."""
+    path = MODELS / "deepfake_report.json"
+    threshold = json.loads(path.read_text()).get("threshold") if path.exists() else None
+    if threshold is None:
+        return {}
+    return {key: {**mf.MODELS[key], "threshold": float(threshold)} for key in ("deepfake", "deepfake_int8")}
 
 
 if __name__ == "__main__":

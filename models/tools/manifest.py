@@ -24,7 +24,7 @@ EFFNET = {"licence": "Apache-2.0",
 DEEPFAKE_TERMS = {
     "licence": "research-only evaluation model (trained on FaceForensics++, non-commercial terms); architecture and ImageNet init Apache-2.0",
     "source": "models/tools/train.py (Self-Blended Images written from Shiohara & Yamasaki, CVPR 2022)",
-    "training_data": "FaceForensics++ c23 subset in ../shared (47 real, 73 Deepfakes/Face2Face/FaceSwap videos) + SBI pseudo-fakes of its real faces, split by identity group",
+    "training_data": "research-only data in ../shared: FaceForensics++ c23 subset (real and Deepfakes/Face2Face/FaceSwap videos of the training identity groups) and the real faces of ../shared/data/faces' training sources (UTKFace, DeepFaceLab sample photos and clips, LivePortrait driving clips, SimSwap crops, GFPGAN inputs), plus Self-Blended pseudo-fakes of every real face; all degraded alike (JPEG, scale, blur/sharpen, noise, gamma, colour); whole sources held aside for validation (models/README.md)",
 }
 
 # "tract_channels_last": tract runs the model's float convolutions channel-last (NHWC), chosen
@@ -85,7 +85,7 @@ MODELS = {
     # FaceForensics++ it is a research-only evaluation model; train.py --data rebuilds it from a
     # customer's own licensed videos with no code change.
     "deepfake": {"file": "deepfake_effnet_lite0.onnx", "task": "deepfake_frame", "temporal": "deepfake_step",
-                 "description": "EfficientNet-Lite0 fine-tuned (blocks 11-15 + head) on real, fake and Self-Blended faces: crop -> (features, fake_logit)",
+                 "description": "EfficientNet-Lite0 fine-tuned (blocks 11-15 + head) on real, fake and Self-Blended faces of several sources under randomised degradations: crop -> (features, fake_logit)",
                  "input": {"name": "input", "shape": [1, 3, 224, 224], "layout": "NCHW", "dtype": "f32", "colour": "RGB"},
                  "normalise": {"mean": 127.0, "std": 128.0}, "crop_scale": BACKBONE_CROP_SCALE,
                  "outputs": ["features", "fake_logit"], "tract_channels_last": True, **DEEPFAKE_TERMS},

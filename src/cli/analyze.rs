@@ -9,10 +9,9 @@ use anyhow::{Context, Result};
 use veriface::pipeline::{Engine, FrameResult};
 use veriface::sinks::{plot, report};
 use veriface::source::{self, MediaKind};
-use veriface::verdict::VerdictConfig;
 
 use super::flags::{AnalyzeArgs, Cli};
-use super::resolve::engine_config;
+use super::resolve::{check_threshold, engine_config};
 
 pub(crate) struct Progress {
     enabled: bool,
@@ -49,18 +48,12 @@ impl Progress {
 }
 
 pub(crate) fn analyze(cli: &Cli, args: &AnalyzeArgs) -> Result<ExitCode> {
-    let verdict = VerdictConfig {
-        threshold: args.threshold,
-        ..VerdictConfig::default()
-    };
-    verdict
-        .validate()
-        .map_err(|e| anyhow::anyhow!("--threshold {}: {e}", args.threshold))?;
     let (files, mut errors) = collect_inputs(&args.inputs);
     if let Some(dir) = &args.plots {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("{}: cannot create plot folder", dir.display()))?;
     }
+    check_threshold(args.threshold)?;
     let mut config = engine_config(cli, args.detector, args.threshold);
     config.deepfake = args.deepfake_model.clone();
     if args.realtime {
@@ -137,7 +130,7 @@ fn report_file(
             .unwrap_or_default();
         plot::deepfake_plot(
             &frames,
-            args.threshold,
+            engine.verdict.threshold,
             &title,
             &dir.join(format!("{stem}_deepfake.png")),
         )?;

@@ -6,26 +6,30 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
-use veriface::verdict::VerdictConfig;
+use veriface::manifest::Manifest;
+use veriface::verdict::{VerdictConfig, VerdictSettings};
 
 use super::flags::{Cli, EvalArgs};
-use super::resolve::engine_config;
+use super::resolve::{check_threshold, engine_config};
 
 use veriface::eval::{self, metrics, plots, EvalOptions, EvalReport, Outcome};
 
 pub(crate) fn eval(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
-    if !(0.0..=1.0).contains(&args.threshold) {
-        anyhow::bail!("--threshold {}: must be within 0..1", args.threshold);
-    }
     if let Some(t) = args.calibrate {
         if !(0.0..1.0).contains(&t) {
             anyhow::bail!("--calibrate {t}: a BPCER rate within 0..1, e.g. 0.01");
         }
     }
     let items = eval::collect_items(&args.dir)?;
+    check_threshold(args.threshold)?;
     let mut config = engine_config(cli, args.detector, args.threshold);
-    config.verdict = VerdictConfig::centred_on(args.threshold);
     config.deepfake = args.deepfake_model.clone();
+    // Every worker's engine and the report use one threshold, resolved once here.
+    let operating = match args.threshold {
+        Some(t) => t,
+        None => Manifest::load(&config.manifest)?.operating_threshold(&config.deepfake)?,
+    };
+    config.verdict = VerdictSettings::at(operating);
     let opts = EvalOptions {
         every: args.every,
         max_frames: args.max_frames,
@@ -49,7 +53,7 @@ pub(crate) fn eval(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
     })?;
     let threshold = match args.calibrate {
         Some(target) => calibrate(&outcomes, target)?,
-        None => args.threshold,
+        None => operating,
     };
     let report = eval::report(outcomes, threshold)?;
     print!("{}", report.render());

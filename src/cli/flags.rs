@@ -127,9 +127,10 @@ pub(crate) struct EvalArgs {
     /// Write roc.png and histograms.png into DIR
     #[arg(long, value_name = "DIR")]
     pub(crate) plots: Option<PathBuf>,
-    /// Operating threshold on the fake probability (score >= threshold: FAKE)
-    #[arg(long, default_value_t = 0.5)]
-    pub(crate) threshold: f32,
+    /// Operating threshold on the fake probability (score >= threshold: FAKE) [default: the
+    /// deepfake model's, from the manifest]
+    #[arg(long)]
+    pub(crate) threshold: Option<f32>,
     /// Pick the threshold that keeps BPCER (real faces rejected) at or under this rate on this
     /// data, report at it, and print it in config-file syntax
     #[arg(long, value_name = "BPCER")]
@@ -203,9 +204,10 @@ pub(crate) struct AnalyzeArgs {
     /// Face detector range (auto: short first, full range on frames where it finds no face)
     #[arg(long, value_enum, default_value_t = DetectorRange::Auto)]
     pub(crate) detector: DetectorRange,
-    /// Operating threshold on the fake probability
-    #[arg(long, default_value_t = 0.5)]
-    pub(crate) threshold: f32,
+    /// Operating threshold on the fake probability [default: the deepfake model's, from the
+    /// manifest]
+    #[arg(long)]
+    pub(crate) threshold: Option<f32>,
     /// Manifest key of the frame deepfake model (absent from the manifest: no deepfake score)
     #[arg(long, default_value = "deepfake", value_name = "KEY")]
     pub(crate) deepfake_model: String,

@@ -13,7 +13,7 @@ use super::resolve::engine_config;
 
 pub(crate) fn models_prepare(cli: &Cli, config: &Path) -> Result<ExitCode> {
     let daemon_cfg = veriface::daemon::config::Config::load(config)?;
-    let mut cfg = engine_config(cli, DetectorRange::Short, 0.5);
+    let mut cfg = engine_config(cli, DetectorRange::Short, None);
     if cli.models.is_none() {
         cfg.manifest = daemon_cfg.models_path();
     }

@@ -18,7 +18,7 @@ pub use crate::sinks::records::RecordsConfig;
 use crate::pipeline::Schedule;
 pub use crate::pipeline::DAEMON_SCHEDULE;
 use crate::source::camera::PixelFormat;
-use crate::verdict::VerdictConfig;
+use crate::verdict::VerdictSettings;
 
 pub const DEFAULT_CONFIG: &str = "/etc/veriface/veriface.toml";
 
@@ -29,7 +29,8 @@ pub struct Config {
     pub device_id: String,
     pub camera: CameraConfig,
     pub engine: EngineSection,
-    pub verdict: VerdictConfig,
+    /// What is left out centres on the deepfake model's operating threshold (manifest).
+    pub verdict: VerdictSettings,
     pub display: DisplayConfig,
     pub leds: LedConfig,
     pub records: RecordsConfig,
@@ -103,7 +104,7 @@ impl Default for Config {
             device_id: "veriface".into(),
             camera: CameraConfig::default(),
             engine: EngineSection::default(),
-            verdict: VerdictConfig::default(),
+            verdict: VerdictSettings::default(),
             display: DisplayConfig::default(),
             leds: LedConfig::default(),
             records: RecordsConfig::default(),
@@ -272,7 +273,12 @@ impl Config {
         if self.engine.backend != BackendKind::Tract {
             self.onnxruntime.validate()?;
         }
+        if self.verdict.needs_model_threshold() {
+            bail!("verdict: fake_enter, fake_exit, real_enter and real_exit need `threshold` set too (the band surrounds it)");
+        }
+        // Without a threshold only window and min_frames are set: any model threshold fits them.
         self.verdict
+            .resolve(0.5)
             .validate()
             .map_err(|e| anyhow::anyhow!("verdict: {e}"))?;
         if self
