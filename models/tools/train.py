@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import hashlib
 import json
 import os
@@ -146,11 +147,17 @@ def landmarks_in_crop(frame: np.ndarray, box: np.ndarray, crop_region: tuple[int
     return ((frame_pts - np.array([cx0, cy0])) * CROP / cside).astype(np.float32)
 
 
+@functools.cache
+def _anchors(name: str) -> np.ndarray:
+    spec = mf.DETECTORS[name]
+    return pp.blazeface_anchors(spec["size"], spec["strides"], spec["anchors_per_layer"])
+
+
 def detect(frame: np.ndarray) -> list[dict]:
     """Faces in a frame, best first, from the first detector that finds any."""
     for name in DETECTORS:
         spec = mf.DETECTORS[name]
-        anchors = pp.blazeface_anchors(spec["size"], spec["strides"], spec["anchors_per_layer"])
+        anchors = _anchors(name)
         tensor, geom = pp.detector_input(frame, spec["size"])
         reg, cls = _session(name).run(None, {"input": tensor})
         faces = [pp.unletterbox(f, geom, spec["size"]) for f in

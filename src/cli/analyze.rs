@@ -48,12 +48,12 @@ impl Progress {
 }
 
 pub(crate) fn analyze(cli: &Cli, args: &AnalyzeArgs) -> Result<ExitCode> {
+    check_threshold(args.threshold)?;
     let (files, mut errors) = collect_inputs(&args.inputs);
     if let Some(dir) = &args.plots {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("{}: cannot create plot folder", dir.display()))?;
     }
-    check_threshold(args.threshold)?;
     let mut config = engine_config(cli, args.detector, args.threshold);
     config.deepfake = args.deepfake_model.clone();
     if args.realtime {

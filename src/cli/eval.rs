@@ -15,13 +15,13 @@ use super::resolve::{check_threshold, engine_config};
 use veriface::eval::{self, metrics, plots, EvalOptions, EvalReport, Outcome};
 
 pub(crate) fn eval(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
+    check_threshold(args.threshold)?;
     if let Some(t) = args.calibrate {
         if !(0.0..1.0).contains(&t) {
             anyhow::bail!("--calibrate {t}: a BPCER rate within 0..1, e.g. 0.01");
         }
     }
     let items = eval::collect_items(&args.dir)?;
-    check_threshold(args.threshold)?;
     let mut config = engine_config(cli, args.detector, args.threshold);
     config.deepfake = args.deepfake_model.clone();
     // Every worker's engine and the report use one threshold, resolved once here.
