@@ -212,6 +212,12 @@ impl PresenceCheck {
 
     /// The probability that the detection's crop holds a human face.
     pub fn presence(&self, frame: &Frame, det: &Detection) -> Result<f32> {
+        Ok(self.landmarks(frame, det)?.presence)
+    }
+
+    /// FaceMesh on the detection's square crop: the presence probability and the 468 landmarks
+    /// in frame pixels (x, y; z in the same scale, relative to the face's centre plane).
+    pub fn landmarks(&self, frame: &Frame, det: &Detection) -> Result<FaceLandmarks> {
         let size = self.size;
         let mut data = vec![0f32; 3 * size * size];
         let region = square_region(&det.bbox, self.crop_scale);
@@ -224,8 +230,40 @@ impl PresenceCheck {
             .and_then(|t| t.data.first())
             .copied()
             .ok_or_else(|| anyhow::anyhow!("landmark model has no face presence output"))?;
-        Ok(1.0 / (1.0 + (-logit.clamp(-80.0, 80.0)).exp()))
+        let raw = &out[0].data;
+        if raw.len() != MESH_POINTS * 3 {
+            bail!(
+                "landmark model gives {} values, not {MESH_POINTS} x 3",
+                raw.len()
+            );
+        }
+        let scale = region.width as f32 / size as f32;
+        let points = raw
+            .chunks_exact(3)
+            .map(|p| {
+                [
+                    region.x0 as f32 + p[0] * scale,
+                    region.y0 as f32 + p[1] * scale,
+                    p[2] * scale,
+                ]
+            })
+            .collect();
+        Ok(FaceLandmarks {
+            presence: 1.0 / (1.0 + (-logit.clamp(-80.0, 80.0)).exp()),
+            points,
+        })
     }
+}
+
+/// FaceMesh's landmark count.
+pub const MESH_POINTS: usize = 468;
+
+/// One face's FaceMesh answer, in frame pixels.
+#[derive(Clone, Debug)]
+pub struct FaceLandmarks {
+    pub presence: f32,
+    /// `MESH_POINTS` points: x, y in frame pixels, z (depth) in the same scale.
+    pub points: Vec<[f32; 3]>,
 }
 
 /// One BlazeFace model plus its anchors.

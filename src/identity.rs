@@ -1,4 +1,340 @@
-//! Identity (room for the kiosk's 1:1 verification): face alignment to the embedding model's
-//! template from landmarks, the embedding, and the match of a live face against a reference
-//! photo. Same layer as `analysis`: it reads faces and models, and the verdict layer above
-//! combines its answer with the others. Nothing lives here yet.
+//! Identity for the kiosk's 1:1 verification: five points from FaceMesh, a similarity transform
+//! onto the ArcFace 112x112 template, the bilinear warp, the embedding model, and the cosine
+//! match of a live face against a reference. Same layer as `analysis`: it reads faces and
+//! models; the verification session above combines its answer with the others.
+//!
+//! The twin of `models/tools/identity.py`; `tests/golden.rs` checks points, matrix, aligned
+//! pixels and embedding against scikit-image and onnxruntime.
+
+use anyhow::{bail, Context, Result};
+
+use crate::face::{Detection, FaceLandmarks, PresenceCheck};
+use crate::frame::{Frame, Normalise};
+use crate::infer::{Backend, Model, Tensor};
+use crate::manifest::Manifest;
+
+/// The manifest task of the embedding model.
+pub const EMBEDDING_TASK: &str = "face_embedding";
+const LANDMARKS_TASK: &str = "face_landmarks";
+
+/// The standard ArcFace template for a 112x112 crop (insightface's, also the embedding package's
+/// `REFERENCE_FACIAL_POINTS`): image-left eye, image-right eye, nose tip, image-left mouth
+/// corner, image-right mouth corner.
+pub const ARCFACE_TEMPLATE: [[f64; 2]; 5] = [
+    [38.2946, 51.6963],
+    [73.5318, 51.5014],
+    [56.0252, 71.7366],
+    [41.5493, 92.3655],
+    [70.7299, 92.2041],
+];
+const TEMPLATE_SIZE: usize = 112;
+
+// FaceMesh indices of the five points; an eye centre is the mean of the eye's two corners (the
+// lids move with blinks, the corners do not).
+const EYE_IMAGE_LEFT: [usize; 2] = [33, 133];
+const EYE_IMAGE_RIGHT: [usize; 2] = [362, 263];
+const NOSE_TIP: usize = 1;
+const MOUTH_IMAGE_LEFT: usize = 61;
+const MOUTH_IMAGE_RIGHT: usize = 291;
+
+/// Five face points in frame pixels, in the template's order.
+pub type FivePoints = [[f64; 2]; 5];
+
+/// The five alignment points from FaceMesh's landmarks (frame pixels).
+pub fn five_points(landmarks: &FaceLandmarks) -> Result<FivePoints> {
+    let p = &landmarks.points;
+    if p.len() <= EYE_IMAGE_RIGHT[0] {
+        bail!("{} landmarks: FaceMesh gives 468", p.len());
+    }
+    let at = |i: usize| [p[i][0] as f64, p[i][1] as f64];
+    let mean = |[a, b]: [usize; 2]| [(at(a)[0] + at(b)[0]) / 2.0, (at(a)[1] + at(b)[1]) / 2.0];
+    Ok([
+        mean(EYE_IMAGE_LEFT),
+        mean(EYE_IMAGE_RIGHT),
+        at(NOSE_TIP),
+        at(MOUTH_IMAGE_LEFT),
+        at(MOUTH_IMAGE_RIGHT),
+    ])
+}
+
+/// A similarity transform (rotation, uniform scale, translation):
+/// `[x', y'] = [[a, -b], [b, a]] [x, y] + [tx, ty]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Similarity {
+    pub a: f64,
+    pub b: f64,
+    pub tx: f64,
+    pub ty: f64,
+}
+
+impl Similarity {
+    /// The least-squares similarity taking `src` onto `dst` (Umeyama's solution, which for a
+    /// proper similarity reduces to this closed form on centred points).
+    pub fn estimate(src: &[[f64; 2]], dst: &[[f64; 2]]) -> Result<Similarity> {
+        if src.len() != dst.len() || src.len() < 2 {
+            bail!("a similarity needs two or more point pairs");
+        }
+        let n = src.len() as f64;
+        let centre = |pts: &[[f64; 2]]| {
+            let (sx, sy) = pts
+                .iter()
+                .fold((0.0, 0.0), |(x, y), p| (x + p[0], y + p[1]));
+            [sx / n, sy / n]
+        };
+        let (cs, cd) = (centre(src), centre(dst));
+        let (mut dot, mut cross, mut norm) = (0.0, 0.0, 0.0);
+        for (s, d) in src.iter().zip(dst) {
+            let (x, y) = (s[0] - cs[0], s[1] - cs[1]);
+            let (u, v) = (d[0] - cd[0], d[1] - cd[1]);
+            dot += x * u + y * v;
+            cross += x * v - y * u;
+            norm += x * x + y * y;
+        }
+        if norm < 1e-9 {
+            bail!("the face points coincide: no alignment");
+        }
+        let (a, b) = (dot / norm, cross / norm);
+        Ok(Similarity {
+            a,
+            b,
+            tx: cd[0] - (a * cs[0] - b * cs[1]),
+            ty: cd[1] - (b * cs[0] + a * cs[1]),
+        })
+    }
+
+    pub fn apply(&self, [x, y]: [f64; 2]) -> [f64; 2] {
+        [
+            self.a * x - self.b * y + self.tx,
+            self.b * x + self.a * y + self.ty,
+        ]
+    }
+
+    pub fn inverse(&self) -> Similarity {
+        let d = self.a * self.a + self.b * self.b;
+        let (a, b) = (self.a / d, -self.b / d);
+        Similarity {
+            a,
+            b,
+            tx: -(a * self.tx - b * self.ty),
+            ty: -(b * self.tx + a * self.ty),
+        }
+    }
+
+    /// The 2x3 matrix, as OpenCV and scikit-image write it.
+    pub fn matrix(&self) -> [[f64; 3]; 2] {
+        [[self.a, -self.b, self.tx], [self.b, self.a, self.ty]]
+    }
+}
+
+/// Warp `frame` into a `size` x `size` RGB image (row-major, 3 floats per pixel, 0-255): each
+/// output pixel samples the frame at `to_frame(x, y)` bilinearly, neighbours outside the frame
+/// count as 0 (cv2.warpAffine INTER_LINEAR with a constant border, what the model was used with).
+pub fn warp_rgb(frame: &Frame, to_frame: &Similarity, size: usize) -> Vec<f32> {
+    let mut out = vec![0f32; size * size * 3];
+    let pixel = |x: i64, y: i64| -> [f32; 3] {
+        if x < 0 || y < 0 || x >= frame.width as i64 || y >= frame.height as i64 {
+            return [0.0; 3];
+        }
+        let i = (y as usize * frame.width + x as usize) * 3;
+        let p = &frame.rgb[i..i + 3];
+        [p[0] as f32, p[1] as f32, p[2] as f32]
+    };
+    for oy in 0..size {
+        for ox in 0..size {
+            let [sx, sy] = to_frame.apply([ox as f64, oy as f64]);
+            let (x0, y0) = (sx.floor(), sy.floor());
+            let (fx, fy) = ((sx - x0) as f32, (sy - y0) as f32);
+            let (x0, y0) = (x0 as i64, y0 as i64);
+            let (p00, p10) = (pixel(x0, y0), pixel(x0 + 1, y0));
+            let (p01, p11) = (pixel(x0, y0 + 1), pixel(x0 + 1, y0 + 1));
+            let o = (oy * size + ox) * 3;
+            for c in 0..3 {
+                let top = p00[c] * (1.0 - fx) + p10[c] * fx;
+                let bottom = p01[c] * (1.0 - fx) + p11[c] * fx;
+                out[o + c] = top * (1.0 - fy) + bottom * fy;
+            }
+        }
+    }
+    out
+}
+
+/// The frame -> template transform for five face points.
+pub fn alignment(points: &FivePoints) -> Result<Similarity> {
+    Similarity::estimate(points, &ARCFACE_TEMPLATE)
+}
+
+/// An L2-normalised face embedding.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Embedding(Vec<f32>);
+
+impl Embedding {
+    /// Normalise a model's raw output; a zero or non-finite vector is an error (a broken model
+    /// or input, never a face).
+    pub fn from_raw(raw: &[f32]) -> Result<Embedding> {
+        let norm = raw.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if !norm.is_finite() || norm < 1e-6 {
+            bail!("embedding model gave a vector of norm {norm}");
+        }
+        Ok(Embedding(raw.iter().map(|v| v / norm).collect()))
+    }
+
+    pub fn values(&self) -> &[f32] {
+        &self.0
+    }
+
+    /// Cosine similarity: 1 for the same direction, about 0 for unrelated faces.
+    pub fn similarity(&self, other: &Embedding) -> f32 {
+        self.0.iter().zip(&other.0).map(|(a, b)| a * b).sum()
+    }
+}
+
+/// A face's alignment and embedding: what identity needs from one detection.
+#[derive(Clone, Debug)]
+pub struct FaceIdentity {
+    pub points: FivePoints,
+    /// FaceMesh's face presence on the same crop.
+    pub presence: f32,
+    pub embedding: Embedding,
+}
+
+/// The embedding model and the landmark model that aligns its input, loaded once.
+pub struct Embedder {
+    model: Box<dyn Model>,
+    landmarks: PresenceCheck,
+    norm: Normalise,
+    /// Manifest key of the embedding model.
+    pub key: String,
+}
+
+impl Embedder {
+    /// Load the manifest's embedding and landmark models.
+    pub fn load(backend: &dyn Backend, manifest: &Manifest) -> Result<Embedder> {
+        let key = manifest.key_for_task(EMBEDDING_TASK).with_context(|| {
+            format!(
+                "{}: no face embedding model (task {EMBEDDING_TASK:?}); models/tools/identity.py fetches one",
+                manifest.path.display()
+            )
+        })?;
+        let mesh = manifest.key_for_task(LANDMARKS_TASK).with_context(|| {
+            format!(
+                "{}: no landmark model (task {LANDMARKS_TASK:?}) to align faces with",
+                manifest.path.display()
+            )
+        })?;
+        let spec = manifest.model(&key)?;
+        let (h, w) = spec.image_size()?;
+        if h != TEMPLATE_SIZE || w != TEMPLATE_SIZE {
+            bail!(
+                "{}: embedding input {w}x{h}, the alignment template is {TEMPLATE_SIZE}x{TEMPLATE_SIZE}",
+                spec.file
+            );
+        }
+        let norm = spec.normalise();
+        let model = backend.load(manifest, &key)?;
+        let landmarks = PresenceCheck::new(backend.load(manifest, &mesh)?, manifest.model(&mesh)?)?;
+        Ok(Embedder {
+            model,
+            landmarks,
+            norm,
+            key,
+        })
+    }
+
+    /// FaceMesh, the five points, the warp and the embedding of one detected face.
+    pub fn identify(&self, frame: &Frame, det: &Detection) -> Result<FaceIdentity> {
+        let landmarks = self.landmarks.landmarks(frame, det)?;
+        let points = five_points(&landmarks)?;
+        Ok(FaceIdentity {
+            points,
+            presence: landmarks.presence,
+            embedding: self.embed_aligned(&self.align(frame, &points)?)?,
+        })
+    }
+
+    /// The aligned 112x112 RGB face (row-major, 0-255) for five points.
+    pub fn align(&self, frame: &Frame, points: &FivePoints) -> Result<Vec<f32>> {
+        Ok(warp_rgb(
+            frame,
+            &alignment(points)?.inverse(),
+            TEMPLATE_SIZE,
+        ))
+    }
+
+    /// The model input for an aligned face: planar RGB, normalised as the manifest says.
+    pub fn input(&self, aligned: &[f32]) -> Tensor {
+        let plane = TEMPLATE_SIZE * TEMPLATE_SIZE;
+        let mut data = vec![0f32; 3 * plane];
+        for (i, px) in aligned.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                data[c * plane + i] = (px[c] - self.norm.mean) / self.norm.std;
+            }
+        }
+        Tensor::new(vec![1, 3, TEMPLATE_SIZE, TEMPLATE_SIZE], data)
+    }
+
+    pub fn embed_aligned(&self, aligned: &[f32]) -> Result<Embedding> {
+        let out = self.model.run(&[self.input(aligned)])?;
+        Embedding::from_raw(&out[0].data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn similarity_recovers_a_known_transform_and_inverts() {
+        let truth = Similarity {
+            a: 0.8,
+            b: 0.3,
+            tx: -12.0,
+            ty: 40.0,
+        };
+        let src: Vec<[f64; 2]> = ARCFACE_TEMPLATE.to_vec();
+        let dst: Vec<[f64; 2]> = src.iter().map(|&p| truth.apply(p)).collect();
+        let got = Similarity::estimate(&src, &dst).unwrap();
+        for (x, y) in [
+            (got.a, truth.a),
+            (got.b, truth.b),
+            (got.tx, truth.tx),
+            (got.ty, truth.ty),
+        ] {
+            assert!((x - y).abs() < 1e-9, "{got:?} vs {truth:?}");
+        }
+        let back = got.inverse().apply(got.apply([3.0, -7.0]));
+        assert!((back[0] - 3.0).abs() < 1e-9 && (back[1] + 7.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn coincident_points_are_an_error_not_a_nan_warp() {
+        let p = [[5.0, 5.0]; 5];
+        assert!(Similarity::estimate(&p, &ARCFACE_TEMPLATE).is_err());
+    }
+
+    #[test]
+    fn warp_samples_bilinearly_and_pads_with_black() {
+        // A 2x1 frame: black then white. Half a pixel right of the first pixel is mid grey;
+        // outside the frame is black.
+        let frame = Frame::new(2, 1, vec![0, 0, 0, 200, 200, 200]);
+        let shift = Similarity {
+            a: 1.0,
+            b: 0.0,
+            tx: 0.5,
+            ty: 0.0,
+        };
+        let out = warp_rgb(&frame, &shift, 2);
+        assert_eq!(&out[0..3], &[100.0; 3]);
+        // (1.5, 0): half the white pixel, half outside.
+        assert_eq!(&out[3..6], &[100.0; 3]);
+        // Row 1 lies below the frame.
+        assert!(out[6..].iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn embeddings_are_unit_length_and_zero_is_refused() {
+        let e = Embedding::from_raw(&[3.0, 4.0]).unwrap();
+        assert!((e.similarity(&e) - 1.0).abs() < 1e-6);
+        assert!(Embedding::from_raw(&[0.0, 0.0]).is_err());
+        assert!(Embedding::from_raw(&[f32::NAN, 1.0]).is_err());
+    }
+}

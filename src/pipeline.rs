@@ -12,6 +12,7 @@ use crate::analysis::{
 };
 use crate::face::{square_region, Detection, DetectorRange, FaceDetector, PresenceCheck, Tracker};
 use crate::frame::{crop_resize_into, Colour, Frame, Normalise};
+use crate::identity::Embedder;
 use crate::infer::{open_backend, Backend, BackendChoice, Model};
 use crate::manifest::Manifest;
 use crate::source::TimedFrame;
@@ -40,6 +41,8 @@ pub struct EngineConfig {
     /// Inference threads: tract's matrix-multiply pool, or ONNX Runtime's intra-op pool per model.
     pub threads: usize,
     pub schedule: Schedule,
+    /// Load the face embedding model (and its aligner) for 1:1 verification.
+    pub identity: bool,
 }
 
 /// Which frames run which models: the realtime pipeline's savings. `Schedule::EVERY_FRAME`
@@ -104,6 +107,7 @@ impl Default for EngineConfig {
             backend: BackendChoice::Tract,
             threads: 1,
             schedule: Schedule::EVERY_FRAME,
+            identity: false,
         }
     }
 }
@@ -113,6 +117,8 @@ pub struct Engine {
     pub manifest: Manifest,
     pub detector: FaceDetector,
     pub analyzer: Analyzer,
+    /// The embedding model and its aligner, when `config.identity` asked for them.
+    pub identity: Option<Embedder>,
     pub config: EngineConfig,
     /// The verdict settings in force: the configured ones, or the deepfake model's.
     pub verdict: VerdictConfig,
@@ -206,11 +212,16 @@ impl Engine {
             detector = detector.with_presence_check(check);
         }
         let analyzer = Analyzer::load(&backend, &manifest, &config.deepfake)?;
+        let identity = match config.identity {
+            true => Some(Embedder::load(&backend, &manifest)?),
+            false => None,
+        };
         let providers = backend.seen.take();
         Ok(Engine {
             manifest,
             detector,
             analyzer,
+            identity,
             config,
             verdict,
             backend: backend_summary(&providers),

@@ -2,6 +2,8 @@
 //! hysteresis, its confidence and temporal consistency. One struct, used by every output; and
 //! the results a stream hands to the outputs (per face, per frame, per file).
 
+pub mod session;
+
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};

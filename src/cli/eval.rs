@@ -9,19 +9,28 @@ use anyhow::{Context, Result};
 use veriface::manifest::Manifest;
 use veriface::verdict::{VerdictConfig, VerdictSettings};
 
-use super::flags::{Cli, EvalArgs};
+use super::flags::{Cli, EvalArgs, EvalTask};
 use super::resolve::{check_threshold, engine_config};
 
-use veriface::eval::{self, metrics, plots, EvalOptions, EvalReport, Outcome};
+use veriface::eval::{self, metrics, plots, verify, EvalOptions, EvalReport, Outcome};
 
 pub(crate) fn eval(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
     check_threshold(args.threshold)?;
+    if args.task == EvalTask::Verify {
+        return verify(cli, args);
+    }
+    let [dir] = args.dirs.as_slice() else {
+        anyhow::bail!(
+            "--task deepfake reads one folder (with real/ and fake/), got {}",
+            args.dirs.len()
+        );
+    };
     if let Some(t) = args.calibrate {
         if !(0.0..1.0).contains(&t) {
             anyhow::bail!("--calibrate {t}: a BPCER rate within 0..1, e.g. 0.01");
         }
     }
-    let items = eval::collect_items(&args.dir)?;
+    let items = eval::collect_items(dir)?;
     let mut config = engine_config(cli, args.detector, args.threshold);
     config.deepfake = args.deepfake_model.clone();
     // Every worker's engine and the report use one threshold, resolved once here.
@@ -36,21 +45,7 @@ pub(crate) fn eval(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
         cropped: args.cropped,
         jobs: args.jobs as usize,
     };
-    let show = std::io::stderr().is_terminal();
-    let outcomes = eval::score_all(&config, &items, &opts, &|done, total| {
-        if show {
-            let width = 30;
-            let filled = done * width / total.max(1);
-            eprint!(
-                "\r[{}{}] {done}/{total} items",
-                "#".repeat(filled),
-                " ".repeat(width - filled)
-            );
-            if done == total {
-                eprintln!();
-            }
-        }
-    })?;
+    let outcomes = eval::score_all(&config, &items, &opts, &progress_bar("items"))?;
     let threshold = match args.calibrate {
         Some(target) => calibrate(&outcomes, target)?,
         None => operating,
@@ -70,6 +65,72 @@ pub(crate) fn eval(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `--task verify`: match accuracy on faces labelled by person.
+fn verify(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
+    if args.calibrate.is_some() || args.cropped || args.plots.is_some() {
+        anyhow::bail!("--calibrate, --cropped and --plots are for --task deepfake");
+    }
+    if !(args.fmr > 0.0 && args.fmr < 1.0 && args.gap >= 0.0) {
+        anyhow::bail!(
+            "--fmr {} must be within 0..1 and --gap {} not negative",
+            args.fmr,
+            args.gap
+        );
+    }
+    let mut subjects = Vec::new();
+    for path in &args.dirs {
+        subjects.extend(verify::collect_subjects(path)?);
+    }
+    let mut config = engine_config(cli, args.detector, None);
+    config.identity = true;
+    let manifest = Manifest::load(&config.manifest)?;
+    let operating = match args.threshold {
+        Some(t) => Some(t),
+        None => manifest
+            .key_for_task(veriface::identity::EMBEDDING_TASK)
+            .and_then(|k| manifest.models[&k].threshold),
+    };
+    let opts = verify::VerifyEvalOptions {
+        gap_s: args.gap,
+        per_video: args.per_video as usize,
+        jobs: args.jobs as usize,
+    };
+    let (samples, outcomes) = verify::embed_all(&config, &subjects, &opts, &progress_bar("files"))?;
+    let report = verify::report(
+        &subjects, &samples, &outcomes, args.gap, args.fmr, operating,
+    )?;
+    print!("{}", report.render());
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    Ok(if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// A progress bar on stderr when it is a terminal.
+fn progress_bar(what: &'static str) -> impl Fn(usize, usize) + Sync {
+    let show = std::io::stderr().is_terminal();
+    move |done, total| {
+        if show {
+            let width = 30;
+            let filled = done * width / total.max(1);
+            eprint!(
+                "\r[{}{}] {done}/{total} {what}",
+                "#".repeat(filled),
+                " ".repeat(width - filled)
+            );
+            if done == total {
+                eprintln!();
+            }
+        }
+    }
 }
 
 /// `--calibrate`: the threshold for this BPCER on the video scores, printed as a config section.

@@ -119,8 +119,23 @@ pub(crate) enum ConfigCommand {
 
 #[derive(clap::Args)]
 pub(crate) struct EvalArgs {
-    /// Folder with real/ and fake/ sub-folders (any depth)
-    pub(crate) dir: PathBuf,
+    /// deepfake: a folder with real/ and fake/ sub-folders (any depth). verify: CSVs (path and
+    /// identity columns, optional group and label) or folders with one sub-folder per person
+    #[arg(required = true, num_args = 1.., value_name = "DIR")]
+    pub(crate) dirs: Vec<PathBuf>,
+    /// What to measure: the deepfake detector, or 1:1 face verification (FMR, FNMR, EER)
+    #[arg(long, value_enum, default_value_t = EvalTask::Deepfake)]
+    pub(crate) task: EvalTask,
+    /// verify: seconds between the frames sampled from one video (and the least gap of a
+    /// genuine pair within one video)
+    #[arg(long, default_value_t = 5.0, value_name = "S")]
+    pub(crate) gap: f64,
+    /// verify: frames sampled per video at most
+    #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) per_video: u64,
+    /// verify: the false match rate the chosen threshold must keep to
+    #[arg(long, default_value_t = 0.001, value_name = "RATE")]
+    pub(crate) fmr: f64,
     /// Write every number and per-item score as JSON
     #[arg(long, value_name = "FILE")]
     pub(crate) json: Option<PathBuf>,
@@ -154,6 +169,12 @@ pub(crate) struct EvalArgs {
     /// Manifest key of the frame deepfake model
     #[arg(long, default_value = "deepfake", value_name = "KEY")]
     pub(crate) deepfake_model: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum EvalTask {
+    Deepfake,
+    Verify,
 }
 
 #[derive(clap::Args)]

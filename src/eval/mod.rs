@@ -4,6 +4,7 @@
 
 pub mod metrics;
 pub mod plots;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,0 +1,285 @@
+//! The 1:1 verification decision: is the face in view the reference person, and not a deepfake
+//! (and, once the liveness checks land, live)? Fed one observation per frame by the pipeline; no
+//! models here, so every rule is tested on plain numbers.
+//!
+//! Rules: a session follows the one face in view. Two faces in one frame reject
+//! (`second_face`); a face whose embedding no longer matches the session's first face rejects
+//! (`identity_changed`): a swap of people mid-session is caught even when the tracker keeps the
+//! track. After `min_frames` single-face frames the session decides on the medians of the match
+//! similarity and the deepfake probability; a source that ends sooner (a still image, a short
+//! clip) is decided on the frames it gave. Nothing seen by the deadline is `no_face`; too few
+//! frames by the deadline is `timeout`.
+
+use serde::Serialize;
+
+/// What the session needs to decide.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionConfig {
+    /// Accept a match at or above this cosine similarity (the embedding model's, chosen for
+    /// FMR <= 0.1 % by `eval --task verify`).
+    pub match_threshold: f32,
+    /// Reject as a deepfake at or above this fake probability (the deepfake model's).
+    pub deepfake_threshold: f32,
+    /// Single-face frames needed for a decision.
+    pub min_frames: usize,
+}
+
+/// One frame as the session sees it.
+#[derive(Clone, Debug, Default)]
+pub struct Observation {
+    pub seconds: f64,
+    /// Faces in view in this frame.
+    pub faces: usize,
+    /// The face's similarity to the reference.
+    pub match_score: Option<f32>,
+    /// The face's similarity to the session's first face (None on the first).
+    pub self_similarity: Option<f32>,
+    /// The face's frame-level fake probability.
+    pub deepfake: Option<f32>,
+}
+
+/// Why a session was rejected; the JSON names are the API's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    Match,
+    Deepfake,
+    SecondFace,
+    IdentityChanged,
+    NoFace,
+    Timeout,
+}
+
+impl Reason {
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Match => "match",
+            Reason::Deepfake => "deepfake",
+            Reason::SecondFace => "second_face",
+            Reason::IdentityChanged => "identity_changed",
+            Reason::NoFace => "no_face",
+            Reason::Timeout => "timeout",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Decision {
+    Verified,
+    Rejected,
+}
+
+/// One component's score against its threshold.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Component {
+    pub score: Option<f32>,
+    pub threshold: f32,
+    pub accepted: bool,
+}
+
+/// The session's answer (the JSON of `verify --json`, the API's result and the record).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Outcome {
+    pub decision: Decision,
+    pub reasons: Vec<Reason>,
+    #[serde(rename = "match")]
+    pub matched: Component,
+    pub deepfake: Component,
+    /// The liveness checks' object once they exist; null until then.
+    pub liveness: Option<serde_json::Value>,
+    /// Single-face frames the decision rests on.
+    pub frames: usize,
+}
+
+/// Per-session state.
+#[derive(Clone, Debug)]
+pub struct Session {
+    cfg: SessionConfig,
+    matches: Vec<f32>,
+    deepfakes: Vec<f32>,
+    frames_seen: usize,
+    failed: Option<Reason>,
+}
+
+impl Session {
+    pub fn new(cfg: SessionConfig) -> Session {
+        Session {
+            cfg,
+            matches: Vec::new(),
+            deepfakes: Vec::new(),
+            frames_seen: 0,
+            failed: None,
+        }
+    }
+
+    pub fn config(&self) -> &SessionConfig {
+        &self.cfg
+    }
+
+    /// Single-face frames so far.
+    pub fn frames(&self) -> usize {
+        self.matches.len()
+    }
+
+    /// Take one frame; Some when the session has decided.
+    pub fn observe(&mut self, obs: &Observation) -> Option<Outcome> {
+        self.frames_seen += 1;
+        if obs.faces > 1 {
+            self.failed = Some(Reason::SecondFace);
+            return Some(self.decide());
+        }
+        let score = obs.match_score?;
+        if obs
+            .self_similarity
+            .is_some_and(|s| s < self.cfg.match_threshold)
+        {
+            self.failed = Some(Reason::IdentityChanged);
+            return Some(self.decide());
+        }
+        self.matches.push(score);
+        if let Some(p) = obs.deepfake {
+            self.deepfakes.push(p);
+        }
+        (self.matches.len() >= self.cfg.min_frames).then(|| self.decide())
+    }
+
+    /// The source ended: decide on what was seen.
+    pub fn end_of_source(&mut self) -> Outcome {
+        if self.matches.is_empty() && self.failed.is_none() {
+            self.failed = Some(Reason::NoFace);
+        }
+        self.decide()
+    }
+
+    /// The deadline passed before a decision.
+    pub fn timed_out(&mut self) -> Outcome {
+        if self.failed.is_none() {
+            self.failed = Some(match self.matches.is_empty() {
+                true => Reason::NoFace,
+                false => Reason::Timeout,
+            });
+        }
+        self.decide()
+    }
+
+    fn decide(&self) -> Outcome {
+        let matched = median(&self.matches);
+        let deepfake = median(&self.deepfakes);
+        let matched = Component {
+            score: matched,
+            threshold: self.cfg.match_threshold,
+            accepted: matched.is_some_and(|s| s >= self.cfg.match_threshold),
+        };
+        // No deepfake model installed: that component does not reject.
+        let deepfake = Component {
+            score: deepfake,
+            threshold: self.cfg.deepfake_threshold,
+            accepted: deepfake.is_none_or(|p| p < self.cfg.deepfake_threshold),
+        };
+        let mut reasons = Vec::new();
+        if let Some(r) = self.failed {
+            reasons.push(r);
+        }
+        if !self.matches.is_empty() && !matched.accepted {
+            reasons.push(Reason::Match);
+        }
+        if !deepfake.accepted {
+            reasons.push(Reason::Deepfake);
+        }
+        Outcome {
+            decision: match reasons.is_empty() {
+                true => Decision::Verified,
+                false => Decision::Rejected,
+            },
+            reasons,
+            matched,
+            deepfake,
+            liveness: None,
+            frames: self.matches.len(),
+        }
+    }
+}
+
+fn median(v: &[f32]) -> Option<f32> {
+    (!v.is_empty()).then(|| super::median(v.iter().copied()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(min_frames: usize) -> Session {
+        Session::new(SessionConfig {
+            match_threshold: 0.4,
+            deepfake_threshold: 0.9,
+            min_frames,
+        })
+    }
+
+    fn face(m: f32, fake: f32, own: Option<f32>) -> Observation {
+        Observation {
+            faces: 1,
+            match_score: Some(m),
+            self_similarity: own,
+            deepfake: Some(fake),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn decides_after_enough_consistent_frames() {
+        let mut s = session(3);
+        assert!(s.observe(&face(0.7, 0.1, None)).is_none());
+        assert!(
+            s.observe(&Observation::default()).is_none(),
+            "a frame without a face waits"
+        );
+        assert!(s.observe(&face(0.6, 0.2, Some(0.9))).is_none());
+        let out = s.observe(&face(0.8, 0.1, Some(0.9))).unwrap();
+        assert_eq!(out.decision, Decision::Verified);
+        assert_eq!(out.matched.score, Some(0.7));
+        assert_eq!(out.frames, 3);
+    }
+
+    #[test]
+    fn every_failed_component_is_a_reason() {
+        let mut s = session(1);
+        let out = s.observe(&face(0.1, 0.95, None)).unwrap();
+        assert_eq!(out.decision, Decision::Rejected);
+        assert_eq!(out.reasons, vec![Reason::Match, Reason::Deepfake]);
+    }
+
+    #[test]
+    fn a_second_face_or_a_change_of_person_rejects_at_once() {
+        let mut s = session(5);
+        s.observe(&face(0.7, 0.1, None));
+        let two = Observation {
+            faces: 2,
+            ..Default::default()
+        };
+        assert_eq!(s.observe(&two).unwrap().reasons, vec![Reason::SecondFace]);
+        let mut s = session(5);
+        s.observe(&face(0.7, 0.1, None));
+        let out = s.observe(&face(0.7, 0.1, Some(0.1))).unwrap();
+        assert_eq!(out.reasons, vec![Reason::IdentityChanged]);
+    }
+
+    #[test]
+    fn ends_and_deadlines_name_what_was_missing() {
+        let mut s = session(5);
+        assert_eq!(s.end_of_source().reasons, vec![Reason::NoFace]);
+        let mut s = session(5);
+        s.observe(&face(0.7, 0.1, None));
+        assert_eq!(
+            s.end_of_source().decision,
+            Decision::Verified,
+            "a still image decides on one frame"
+        );
+        let mut s = session(5);
+        s.observe(&face(0.7, 0.1, None));
+        assert_eq!(s.timed_out().reasons, vec![Reason::Timeout]);
+        let mut s = session(5);
+        assert_eq!(s.timed_out().reasons, vec![Reason::NoFace]);
+    }
+}
