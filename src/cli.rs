@@ -8,3 +8,4 @@ pub mod flags;
 pub mod log;
 pub mod models;
 pub mod resolve;
+pub mod verify;

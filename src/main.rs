@@ -54,6 +54,7 @@ fn main() -> ExitCode {
                 ),
             }
         }
+        Command::Verify(args) => cli::verify::verify(&cli, args),
         Command::Run(args) => cli::daemon::run(&cli, args),
         Command::Status { file, config, json } => {
             cli::daemon::status(file.as_deref(), config, *json)

@@ -12,10 +12,11 @@ use crate::analysis::{
 };
 use crate::face::{square_region, Detection, DetectorRange, FaceDetector, PresenceCheck, Tracker};
 use crate::frame::{crop_resize_into, Colour, Frame, Normalise};
-use crate::identity::Embedder;
+use crate::identity::{Embedder, Embedding};
 use crate::infer::{open_backend, Backend, BackendChoice, Model};
 use crate::manifest::Manifest;
 use crate::source::TimedFrame;
+use crate::verdict::session::{Observation, Outcome as SessionOutcome, Session, SessionConfig};
 use crate::verdict::{median, Label, TrackVerdict, Verdict, VerdictConfig, VerdictSettings};
 // The result types live with the verdict, below the sinks that print and store them.
 pub use crate::verdict::{FaceResult, FrameResult, Summary};
@@ -590,4 +591,143 @@ fn mean_abs_difference(a: &[f32], b: &[f32]) -> f32 {
         return f32::INFINITY;
     }
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32
+}
+
+/// A 1:1 verification session over one stream: the reference's embedding, the stream that tracks
+/// and analyses faces, and `verdict::session`'s rules fed one observation per frame.
+pub struct Verifier<'a> {
+    stream: Stream<'a>,
+    embedder: &'a Embedder,
+    reference: Embedding,
+    /// The session's first face: later faces must stay this person.
+    anchor: Option<Embedding>,
+    session: Session,
+    models: BTreeMap<String, String>,
+}
+
+/// A session's answer with what it took: the JSON of `verify --json` and of the API's result.
+#[derive(Clone, Debug, Serialize)]
+pub struct VerifyResult {
+    #[serde(flatten)]
+    pub outcome: SessionOutcome,
+    /// Seconds of source time the session watched.
+    pub duration_s: f64,
+    /// Manifest key -> sha256 of every model that ran.
+    pub models: BTreeMap<String, String>,
+}
+
+impl Engine {
+    /// The embedding of the one face in a reference photo; no face or several is an error.
+    pub fn enroll(&self, photo: &Frame) -> Result<Embedding> {
+        let embedder = self.embedder()?;
+        let faces = self.detector.detect(photo)?;
+        match faces.as_slice() {
+            [face] => Ok(embedder.identify(photo, face)?.embedding),
+            [] => anyhow::bail!("no face found (the reference must show exactly one face)"),
+            more => anyhow::bail!(
+                "{} faces found (the reference must show exactly one face)",
+                more.len()
+            ),
+        }
+    }
+
+    fn embedder(&self) -> Result<&Embedder> {
+        self.identity
+            .as_ref()
+            .context("the engine was loaded without the identity models (EngineConfig.identity)")
+    }
+
+    /// The match threshold: the embedding model's from the manifest (chosen by `eval --task
+    /// verify` for FMR <= 0.1 %).
+    pub fn match_threshold(&self) -> Result<f32> {
+        let key = &self.embedder()?.key;
+        self.manifest.model(key)?.threshold.with_context(|| {
+            format!(
+                "{}: models.{key} has no match threshold (measure one with `veriface eval --task verify`)",
+                self.manifest.path.display()
+            )
+        })
+    }
+
+    /// A verification session against `reference`; the deepfake threshold is the engine's.
+    pub fn verifier(
+        &self,
+        reference: Embedding,
+        match_threshold: f32,
+        min_frames: usize,
+    ) -> Result<Verifier<'_>> {
+        let embedder = self.embedder()?;
+        let models = self
+            .providers
+            .iter()
+            .filter_map(|(key, _)| {
+                self.manifest
+                    .models
+                    .get(key)
+                    .map(|spec| (key.clone(), spec.sha256.clone()))
+            })
+            .collect();
+        Ok(Verifier {
+            stream: self.stream(),
+            embedder,
+            reference,
+            anchor: None,
+            session: Session::new(SessionConfig {
+                match_threshold,
+                deepfake_threshold: self.verdict.threshold,
+                min_frames: min_frames.max(1),
+            }),
+            models,
+        })
+    }
+}
+
+impl Verifier<'_> {
+    /// Take one frame: Some once the session has decided.
+    pub fn feed(&mut self, tf: &TimedFrame) -> Result<Option<VerifyResult>> {
+        let result = self.stream.process(tf)?;
+        let mut obs = Observation {
+            seconds: tf.seconds,
+            faces: result.faces.len(),
+            ..Default::default()
+        };
+        if let [face] = result.faces.as_slice() {
+            let det = Detection {
+                score: face.score,
+                bbox: face.bbox,
+                keypoints: [(0.0, 0.0); 6],
+            };
+            let embedding = self.embedder.identify(&tf.frame, &det)?.embedding;
+            obs.match_score = Some(self.reference.similarity(&embedding));
+            obs.self_similarity = self.anchor.as_ref().map(|a| a.similarity(&embedding));
+            obs.deepfake = face.analysis.deepfake;
+            if self.anchor.is_none() {
+                self.anchor = Some(embedding);
+            }
+        }
+        Ok(self
+            .session
+            .observe(&obs)
+            .map(|o| self.finish(o, tf.seconds)))
+    }
+
+    /// The source ended before a decision.
+    pub fn end_of_source(&mut self, seconds: f64) -> VerifyResult {
+        let outcome = self.session.end_of_source();
+        self.finish(outcome, seconds)
+    }
+
+    /// The deadline passed before a decision.
+    pub fn timed_out(&mut self, seconds: f64) -> VerifyResult {
+        let outcome = self.session.timed_out();
+        self.finish(outcome, seconds)
+    }
+
+    fn finish(&self, outcome: SessionOutcome, seconds: f64) -> VerifyResult {
+        VerifyResult {
+            outcome,
+            duration_s: seconds,
+            models: self.models.clone(),
+        }
+    }
 }

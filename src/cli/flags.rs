@@ -48,6 +48,9 @@ pub(crate) enum Command {
     },
     /// Per-stage latency and end-to-end frames per second on a clip (--threads N, default one)
     Bench(BenchArgs),
+    /// 1:1 verification: is the face in view the person in the reference photo, and not a
+    /// deepfake? Prints VERIFIED or REJECTED: <reasons>; exit 0 verified, 2 rejected, 1 error
+    Verify(VerifyArgs),
     /// The daemon: capture from the camera (or --source), analyse every face live
     Run(RunArgs),
     /// Print the running daemon's status snapshot
@@ -169,6 +172,39 @@ pub(crate) struct EvalArgs {
     /// Manifest key of the frame deepfake model
     #[arg(long, default_value = "deepfake", value_name = "KEY")]
     pub(crate) deepfake_model: String,
+}
+
+#[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("input").required(true).args(["source", "camera"]))]
+pub(crate) struct VerifyArgs {
+    /// Photo of the person (exactly one face)
+    #[arg(long, value_name = "IMAGE")]
+    pub(crate) reference: PathBuf,
+    /// A video, a folder of frames, or a single image (a one-frame source)
+    #[arg(long, value_name = "PATH")]
+    pub(crate) source: Option<PathBuf>,
+    /// A V4L2 camera: /dev/videoN or part of its name
+    #[arg(long, value_name = "DEVICE")]
+    pub(crate) camera: Option<String>,
+    /// Write the result as JSON (the documented, stable form)
+    #[arg(long, value_name = "FILE")]
+    pub(crate) json: Option<PathBuf>,
+    /// Give up after this many seconds of source time without a decision
+    #[arg(long, default_value_t = 10.0, value_name = "S")]
+    pub(crate) timeout: f64,
+    /// Frames of the one face in view a decision needs (a shorter source decides on all it has)
+    #[arg(long, default_value_t = 5, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub(crate) min_frames: u64,
+    /// Accept a match at or above this similarity [default: the embedding model's, from the
+    /// manifest]
+    #[arg(long, value_name = "T")]
+    pub(crate) match_threshold: Option<f32>,
+    /// Deepfake threshold on the fake probability [default: the deepfake model's]
+    #[arg(long)]
+    pub(crate) threshold: Option<f32>,
+    /// Face detector: short (within ~2 m), full range (up to ~5 m), or auto
+    #[arg(long, value_enum, default_value_t = DetectorRange::Auto)]
+    pub(crate) detector: DetectorRange,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

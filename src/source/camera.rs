@@ -45,6 +45,56 @@ pub trait CameraOpener: Send {
     fn name(&self) -> String;
 }
 
+/// One open camera as a frame source (for one-shot commands such as `verify --camera`; the daemon
+/// uses the `Supervisor`, which also reopens a lost camera). Frame times are seconds since open.
+pub struct LiveSource {
+    device: Box<dyn CameraDevice>,
+    opened: std::time::Instant,
+    index: u64,
+    /// A silence this long is an error, not a wait.
+    pub timeout: Duration,
+}
+
+impl LiveSource {
+    pub fn open(
+        opener: &mut dyn CameraOpener,
+        timeout: Duration,
+    ) -> Result<LiveSource, CameraError> {
+        Ok(LiveSource {
+            device: opener.open()?,
+            opened: std::time::Instant::now(),
+            index: 0,
+            timeout,
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        self.device.describe()
+    }
+}
+
+impl super::FrameSource for LiveSource {
+    fn next_frame(&mut self) -> anyhow::Result<Option<super::TimedFrame>> {
+        match self.device.read(self.timeout) {
+            Ok(Some(frame)) => {
+                self.index += 1;
+                Ok(Some(super::TimedFrame {
+                    index: self.index - 1,
+                    seconds: self.opened.elapsed().as_secs_f64(),
+                    frame,
+                }))
+            }
+            Ok(None) => anyhow::bail!(
+                "{}: no frame for {:.1} s",
+                self.device.describe(),
+                self.timeout.as_secs_f64()
+            ),
+            Err(CameraError::Ended(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
 // ---------------------------------------------------------------- format negotiation
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -93,6 +93,53 @@ impl FrameSource for ImageSource {
     }
 }
 
+/// A folder of still images played in name order as one clip at `fps` (what a camera dump or an
+/// exported frame sequence looks like).
+pub struct FolderSource {
+    files: std::vec::IntoIter<std::path::PathBuf>,
+    count: u64,
+    index: u64,
+    fps: f64,
+}
+
+impl FolderSource {
+    pub fn open(dir: &Path, fps: f64) -> Result<Self> {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .with_context(|| format!("{}: cannot list folder", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| matches!(media_kind(p), Some(MediaKind::Image)))
+            .collect();
+        if files.is_empty() {
+            bail!("{}: no images in the folder", dir.display());
+        }
+        files.sort();
+        Ok(FolderSource {
+            count: files.len() as u64,
+            files: files.into_iter(),
+            index: 0,
+            fps: fps.max(1e-3),
+        })
+    }
+}
+
+impl FrameSource for FolderSource {
+    fn next_frame(&mut self) -> Result<Option<TimedFrame>> {
+        let Some(path) = self.files.next() else {
+            return Ok(None);
+        };
+        let index = self.index;
+        self.index += 1;
+        Ok(Some(TimedFrame {
+            index,
+            seconds: index as f64 / self.fps,
+            frame: read_image(&path)?,
+        }))
+    }
+    fn frame_count(&self) -> Option<u64> {
+        Some(self.count)
+    }
+}
+
 /// Stream facts from ffprobe.
 #[derive(Clone, Debug)]
 pub struct VideoInfo {
@@ -308,8 +355,14 @@ impl Drop for VideoSource {
     }
 }
 
-/// Open a file as a frame source by its extension.
+/// Frames per second given to a folder of frames by `open`.
+pub const FOLDER_FPS: f64 = 30.0;
+
+/// Open a file as a frame source by its extension; a folder is its images in name order.
 pub fn open(path: &Path) -> Result<Box<dyn FrameSource>> {
+    if path.is_dir() {
+        return Ok(Box::new(FolderSource::open(path, FOLDER_FPS)?));
+    }
     match media_kind(path) {
         Some(MediaKind::Image) => Ok(Box::new(ImageSource::open(path)?)),
         Some(MediaKind::Video) if mjpeg::decodes(path) => Ok(Box::new(MjpegSource::open(path)?)),

@@ -101,3 +101,17 @@ pub fn golden_inputs(case: &serde_json::Value) -> Vec<veriface::infer::Tensor> {
         })
         .collect()
 }
+
+/// `../shared` beside the repository (data that may not be committed); CI clones it there.
+pub fn shared() -> PathBuf {
+    let dir = repo()
+        .parent()
+        .expect("the repository has a parent folder")
+        .join("shared");
+    assert!(
+        dir.join("README.md").exists(),
+        "{}: the shared data folder is missing (it sits beside the repository)",
+        dir.display()
+    );
+    dir
+}

@@ -1,0 +1,112 @@
+//! `verify`: one 1:1 verification session on a file or a camera.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use veriface::pipeline::{Engine, VerifyResult};
+use veriface::source::camera::{LiveSource, PixelFormat, Wanted};
+use veriface::source::v4l2::V4l2Opener;
+use veriface::source::{self, FrameSource};
+use veriface::verdict::session::{Component, Decision};
+
+use super::flags::{Cli, VerifyArgs};
+use super::resolve::{check_threshold, engine_config};
+
+/// Exit status of a rejected session (0 verified, 1 error).
+const REJECTED: u8 = 2;
+
+pub(crate) fn verify(cli: &Cli, args: &VerifyArgs) -> Result<ExitCode> {
+    check_threshold(args.threshold)?;
+    if let Some(t) = args.match_threshold {
+        if !(-1.0..=1.0).contains(&t) {
+            anyhow::bail!("--match-threshold {t}: a cosine similarity within -1..1");
+        }
+    }
+    if args.timeout.is_nan() || args.timeout <= 0.0 {
+        anyhow::bail!("--timeout {}: must be above 0 s", args.timeout);
+    }
+    let reference = source::read_image(&args.reference)
+        .with_context(|| format!("reference {}", args.reference.display()))?;
+    let mut config = engine_config(cli, args.detector, args.threshold);
+    config.identity = true;
+    let engine = Engine::load(config)?;
+    let enrolled = engine
+        .enroll(&reference)
+        .with_context(|| format!("reference {}", args.reference.display()))?;
+    let match_threshold = match args.match_threshold {
+        Some(t) => t,
+        None => engine.match_threshold()?,
+    };
+    let mut frames: Box<dyn FrameSource> = match (&args.source, &args.camera) {
+        (Some(path), _) => source::open(path)?,
+        (None, Some(device)) => Box::new(open_camera(device)?),
+        (None, None) => unreachable!("clap requires --source or --camera"),
+    };
+    let mut verifier = engine.verifier(enrolled, match_threshold, args.min_frames as usize)?;
+    let mut last_seconds = 0.0;
+    let mut first_seconds = None;
+    let result = loop {
+        let Some(tf) = frames.next_frame()? else {
+            break verifier.end_of_source(last_seconds);
+        };
+        let start = *first_seconds.get_or_insert(tf.seconds);
+        last_seconds = tf.seconds - start;
+        if last_seconds > args.timeout {
+            break verifier.timed_out(last_seconds);
+        }
+        if let Some(result) = verifier.feed(&tf)? {
+            break result;
+        }
+    };
+    print!("{}", render(&result));
+    if let Some(path) = &args.json {
+        write_json(path, &result)?;
+    }
+    Ok(match result.outcome.decision {
+        Decision::Verified => ExitCode::SUCCESS,
+        Decision::Rejected => ExitCode::from(REJECTED),
+    })
+}
+
+fn open_camera(device: &str) -> Result<LiveSource> {
+    let mut opener = V4l2Opener {
+        device: device.to_string(),
+        wanted: Wanted {
+            format: PixelFormat::Auto,
+            width: 1280,
+            height: 720,
+            fps: 30.0,
+        },
+    };
+    Ok(LiveSource::open(&mut opener, Duration::from_secs(5))?)
+}
+
+/// The decision line, then one line per component.
+fn render(result: &VerifyResult) -> String {
+    let o = &result.outcome;
+    let mut s = match o.decision {
+        Decision::Verified => "VERIFIED\n".to_string(),
+        Decision::Rejected => {
+            let reasons: Vec<&str> = o.reasons.iter().map(|r| r.name()).collect();
+            format!("REJECTED: {}\n", reasons.join(", "))
+        }
+    };
+    let component = |c: &Component| {
+        let score = c.score.map_or("-".to_string(), |v| format!("{v:.3}"));
+        let word = if c.accepted { "accepted" } else { "rejected" };
+        format!("{score} (threshold {:.4}) {word}", c.threshold)
+    };
+    s += &format!("match       {}\n", component(&o.matched));
+    s += &format!("deepfake    {}\n", component(&o.deepfake));
+    s += "liveness    not checked (no liveness checks installed)\n";
+    s += &format!("frames      {} in {:.1} s\n", o.frames, result.duration_s);
+    s
+}
+
+fn write_json(path: &Path, result: &VerifyResult) -> Result<()> {
+    let text = serde_json::to_string_pretty(result)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("{}: cannot write", path.display()))
+}
