@@ -593,20 +593,20 @@ fn mean_abs_difference(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32
 }
 
-/// A 1:1 verification session over one stream: the reference's embedding, the stream that tracks
-/// and analyses faces, and `verdict::session`'s rules fed one observation per frame.
-pub struct Verifier<'a> {
-    stream: Stream<'a>,
-    embedder: &'a Embedder,
+/// A 1:1 verification session: the reference's embedding and `verdict::session`'s rules, fed
+/// the frames a stream analysed (the CLI's own stream, or the daemon's live one: a session costs
+/// one FaceMesh and one embedding per frame on top of what the stream runs anyway).
+pub struct VerifySession {
     reference: Embedding,
     /// The session's first face: later faces must stay this person.
     anchor: Option<Embedding>,
     session: Session,
     models: BTreeMap<String, String>,
+    first_seconds: Option<f64>,
 }
 
 /// A session's answer with what it took: the JSON of `verify --json` and of the API's result.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct VerifyResult {
     #[serde(flatten)]
     pub outcome: SessionOutcome,
@@ -614,6 +614,10 @@ pub struct VerifyResult {
     pub duration_s: f64,
     /// Manifest key -> sha256 of every model that ran.
     pub models: BTreeMap<String, String>,
+    /// The session face's embedding: for a record only where the operator opted in, never in
+    /// the JSON.
+    #[serde(skip)]
+    pub embedding: Option<Embedding>,
 }
 
 impl Engine {
@@ -650,13 +654,13 @@ impl Engine {
     }
 
     /// A verification session against `reference`; the deepfake threshold is the engine's.
-    pub fn verifier(
+    pub fn verify_session(
         &self,
         reference: Embedding,
         match_threshold: f32,
         min_frames: usize,
-    ) -> Result<Verifier<'_>> {
-        let embedder = self.embedder()?;
+    ) -> Result<VerifySession> {
+        self.embedder()?;
         let models = self
             .providers
             .iter()
@@ -667,9 +671,7 @@ impl Engine {
                     .map(|spec| (key.clone(), spec.sha256.clone()))
             })
             .collect();
-        Ok(Verifier {
-            stream: self.stream(),
-            embedder,
+        Ok(VerifySession {
             reference,
             anchor: None,
             session: Session::new(SessionConfig {
@@ -678,14 +680,20 @@ impl Engine {
                 min_frames: min_frames.max(1),
             }),
             models,
+            first_seconds: None,
         })
     }
 }
 
-impl Verifier<'_> {
-    /// Take one frame: Some once the session has decided.
-    pub fn feed(&mut self, tf: &TimedFrame) -> Result<Option<VerifyResult>> {
-        let result = self.stream.process(tf)?;
+impl VerifySession {
+    /// One analysed frame: Some once the session has decided.
+    pub fn observe(
+        &mut self,
+        engine: &Engine,
+        tf: &TimedFrame,
+        result: &FrameResult,
+    ) -> Result<Option<VerifyResult>> {
+        let first = *self.first_seconds.get_or_insert(tf.seconds);
         let mut obs = Observation {
             seconds: tf.seconds,
             faces: result.faces.len(),
@@ -697,7 +705,7 @@ impl Verifier<'_> {
                 bbox: face.bbox,
                 keypoints: [(0.0, 0.0); 6],
             };
-            let embedding = self.embedder.identify(&tf.frame, &det)?.embedding;
+            let embedding = engine.embedder()?.identify(&tf.frame, &det)?.embedding;
             obs.match_score = Some(self.reference.similarity(&embedding));
             obs.self_similarity = self.anchor.as_ref().map(|a| a.similarity(&embedding));
             obs.deepfake = face.analysis.deepfake;
@@ -708,10 +716,15 @@ impl Verifier<'_> {
         Ok(self
             .session
             .observe(&obs)
-            .map(|o| self.finish(o, tf.seconds)))
+            .map(|o| self.finish(o, tf.seconds - first)))
     }
 
-    /// The source ended before a decision.
+    /// Single-face frames so far, and how many a decision needs.
+    pub fn progress(&self) -> (usize, usize) {
+        (self.session.frames(), self.session.config().min_frames)
+    }
+
+    /// The source ended before a decision; `seconds` of it were watched.
     pub fn end_of_source(&mut self, seconds: f64) -> VerifyResult {
         let outcome = self.session.end_of_source();
         self.finish(outcome, seconds)
@@ -728,6 +741,7 @@ impl Verifier<'_> {
             outcome,
             duration_s: seconds,
             models: self.models.clone(),
+            embedding: self.anchor.clone(),
         }
     }
 }

@@ -376,3 +376,101 @@ fn onnxruntime_that_cannot_start_is_one_clear_error_or_a_loud_tract_fallback() {
         "{out}"
     );
 }
+
+/// The local API against `run --source`: garbage gets an error line and the connection and the
+/// daemon live on; `status` answers; `verify --daemon` verifies the person in the clip and
+/// rejects another for the match; each session is one record; the socket is 0660 and removed
+/// at the stop.
+#[test]
+fn api_socket_runs_verification_sessions_against_the_live_source() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixStream;
+    let dir = scratch("api");
+    let socket = dir.join("api.sock");
+    let faces = common::shared().join("data/faces/real");
+    let mut child = bin()
+        .args(["run", "--source"])
+        .arg(faces.join("liveportrait_driving_videos/lp_d11.mp4"))
+        .args(["--loop", "--config", "cross/veriface.toml", "--records"])
+        .arg(dir.join("records"))
+        .arg("--api")
+        .arg(&socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the API socket", Duration::from_secs(60), || {
+        socket.exists()
+    });
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660, "socket mode {mode:o}");
+
+    let conn = UnixStream::connect(&socket).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut writer = conn.try_clone().unwrap();
+    let mut lines = BufReader::new(conn).lines();
+    writer.write_all(b"\x00\xffnot json at all\n").unwrap();
+    let reply: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert!(
+        reply["error"].as_str().unwrap().starts_with("bad request"),
+        "{reply}"
+    );
+    writer
+        .write_all(b"{\"verify\": {\"reference\": \"/no/such.jpg\"}}\n")
+        .unwrap();
+    let reply: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert!(
+        reply["error"].as_str().unwrap().contains("/no/such.jpg"),
+        "{reply}"
+    );
+    writer.write_all(b"{\"status\": {}}\n").unwrap();
+    let reply: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(reply["status"]["device_id"], "veriface", "{reply}");
+
+    let verify = |reference: &Path| {
+        bin()
+            .args(["verify", "--reference"])
+            .arg(reference)
+            .arg("--daemon")
+            .arg(&socket)
+            .output()
+            .unwrap()
+    };
+    let same = verify(&faces.join("liveportrait_driving/lp_d11_f0128.jpg"));
+    let text = String::from_utf8_lossy(&same.stdout).to_string();
+    assert_eq!(
+        same.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&same.stderr)
+    );
+    assert!(text.starts_with("VERIFIED\n"), "{text}");
+    assert!(String::from_utf8_lossy(&same.stderr).contains("progress: 1/5 frames"));
+    let other = verify(&repo().join("samples/astronaut.png"));
+    let text = String::from_utf8_lossy(&other.stdout).to_string();
+    assert_eq!(other.status.code(), Some(2), "{text}");
+    assert!(text.starts_with("REJECTED: match\n"), "{text}");
+
+    assert!(terminate(&mut child).success());
+    assert!(!socket.exists(), "the socket is removed at the stop");
+    let decoded = bin()
+        .args(["log", "decode"])
+        .arg(dir.join("records"))
+        .output()
+        .unwrap();
+    let sessions: Vec<serde_json::Value> = String::from_utf8_lossy(&decoded.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["event"] == "session")
+        .collect();
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    assert_eq!(sessions[0]["decision"], "VERIFIED");
+    assert_eq!(sessions[1]["decision"], "REJECTED");
+    assert_eq!(sessions[1]["reasons"][0], "match");
+    assert!(
+        sessions.iter().all(|s| s.get("embedding").is_none()),
+        "no embedding unless opted in"
+    );
+}

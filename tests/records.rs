@@ -7,8 +7,9 @@ use proptest::prelude::*;
 use veriface::daemon::config::RecordsConfig;
 use veriface::sinks::records::{
     decode, decode_file, encode_frame, record_files, short, Decoded, Event, FaceRecord, FreeSpace,
-    ModelId, Record, RecordWriter, MAX_FRAME,
+    ModelId, Record, RecordWriter, SessionRecord, StoredEmbedding, MAX_FRAME,
 };
+use veriface::verdict::session::Reason;
 use veriface::verdict::Label;
 
 fn face(track: u32, frame: u64, verdict: Label) -> Record {
@@ -113,16 +114,89 @@ fn sample_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/records_v1.vfr")
 }
 
-/// Schema v1 stays readable: the committed file decodes to exactly the records it was made of.
-/// (Regenerate only when adding a version: VERIFACE_WRITE_SAMPLE=1 cargo test --test records.)
+/// Schema v1 stays readable: the committed file (written by version 1) decodes to exactly the
+/// records it was made of.
 #[test]
 fn committed_v1_sample_decodes() {
-    let expected = sample_records();
-    if std::env::var_os("VERIFACE_WRITE_SAMPLE").is_some() {
-        std::fs::create_dir_all(sample_path().parent().unwrap()).unwrap();
-        std::fs::write(sample_path(), encode_all(&expected).0).unwrap();
-    }
+    let bytes = std::fs::read(sample_path()).unwrap();
+    assert_eq!(
+        bytes[2], 1,
+        "the v1 sample's first frame carries schema version 1"
+    );
     let d = decode_file(&sample_path()).unwrap();
+    assert!(d.damaged.is_empty(), "{:?}", d.damaged);
+    let got: Vec<Record> = d.records.into_iter().map(|(_, r)| r).collect();
+    assert_eq!(got, sample_records());
+}
+
+/// Two verification sessions, one with the opted-in embedding.
+fn session_records() -> Vec<Record> {
+    let mut rejected = heapless::Vec::new();
+    rejected.push(Reason::Match).unwrap();
+    rejected.push(Reason::Deepfake).unwrap();
+    let values: Vec<f32> = (0..512)
+        .map(|i| ((i % 255) as f32 - 127.0) / 2000.0)
+        .collect();
+    let embedding = StoredEmbedding::quantise(&values);
+    let back = embedding.values();
+    assert!(values
+        .iter()
+        .zip(&back)
+        .all(|(a, b)| (a - b).abs() <= 0.0635 / 127.0 / 2.0 + 1e-7));
+    let session = |ms: u64, event: SessionRecord| Record {
+        wall_ms: 1_795_000_030_000 + ms,
+        mono_ms: 42_000 + ms,
+        device: short("kiosk-07"),
+        event: Event::Session(event),
+    };
+    vec![
+        session(
+            0,
+            SessionRecord {
+                verified: true,
+                reasons: heapless::Vec::new(),
+                match_score: Some(8123),
+                match_threshold: 5405,
+                deepfake_prob: Some(12),
+                deepfake_threshold: 9994,
+                frames: 5,
+                duration_ms: 640,
+                model: 0x87aa_cfe0,
+                embedding: Some(embedding),
+            },
+        ),
+        session(
+            5_000,
+            SessionRecord {
+                verified: false,
+                reasons: rejected,
+                match_score: Some(-312),
+                match_threshold: 5405,
+                deepfake_prob: Some(9999),
+                deepfake_threshold: 9994,
+                frames: 5,
+                duration_ms: 710,
+                model: 0x87aa_cfe0,
+                embedding: None,
+            },
+        ),
+    ]
+}
+
+fn sample_v2_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/records_v2.vfr")
+}
+
+/// Schema v2 (session records) stays readable the same way.
+/// (Regenerate only when adding a version: VERIFACE_WRITE_SAMPLE=1 cargo test --test records.)
+#[test]
+fn committed_v2_sample_decodes() {
+    let mut expected = sample_records();
+    expected.extend(session_records());
+    if std::env::var_os("VERIFACE_WRITE_SAMPLE").is_some() {
+        std::fs::write(sample_v2_path(), encode_all(&expected).0).unwrap();
+    }
+    let d = decode_file(&sample_v2_path()).unwrap();
     assert!(d.damaged.is_empty(), "{:?}", d.damaged);
     let got: Vec<Record> = d.records.into_iter().map(|(_, r)| r).collect();
     assert_eq!(got, expected);
@@ -227,8 +301,45 @@ fn record() -> impl Strategy<Value = Record> {
                 })
                 .collect(),
         });
+    let reason = prop_oneof![
+        Just(Reason::Match),
+        Just(Reason::Deepfake),
+        Just(Reason::SecondFace),
+        Just(Reason::IdentityChanged),
+        Just(Reason::NoFace),
+        Just(Reason::Timeout),
+    ];
+    let session = (
+        any::<bool>(),
+        proptest::collection::vec(reason, 0..6),
+        proptest::option::of(any::<i16>()),
+        any::<i16>(),
+        proptest::option::of(0u16..=10000),
+        (0u16..=10000, any::<u16>(), any::<u32>(), any::<u32>()),
+        proptest::option::of((0.0001f32..1.0, proptest::collection::vec(any::<i8>(), 512))),
+    )
+        .prop_map(
+            |(verified, reasons, m, mt, d, (dt, frames, duration_ms, model), e)| {
+                Event::Session(SessionRecord {
+                    verified,
+                    reasons: reasons.into_iter().collect(),
+                    match_score: m,
+                    match_threshold: mt,
+                    deepfake_prob: d,
+                    deepfake_threshold: dt,
+                    frames,
+                    duration_ms,
+                    model,
+                    embedding: e.map(|(scale, v)| StoredEmbedding {
+                        scale,
+                        values: v.into_iter().collect(),
+                    }),
+                })
+            },
+        );
     let event = prop_oneof![
         4 => face,
+        1 => session,
         1 => start,
         1 => Just(Event::Stop),
         1 => Just(Event::CameraBack),

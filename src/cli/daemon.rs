@@ -17,6 +17,7 @@ pub(crate) fn run(cli: &Cli, args: &RunArgs) -> Result<ExitCode> {
         status: args.status.clone(),
         display: args.display.clone(),
         leds: args.leds.clone(),
+        api: args.api.clone(),
         quiet: args.quiet,
     };
     veriface::daemon::run(&opts)?;

@@ -175,7 +175,7 @@ pub(crate) struct EvalArgs {
 }
 
 #[derive(clap::Args)]
-#[command(group = clap::ArgGroup::new("input").required(true).args(["source", "camera"]))]
+#[command(group = clap::ArgGroup::new("input").required(true).args(["source", "camera", "daemon"]))]
 pub(crate) struct VerifyArgs {
     /// Photo of the person (exactly one face)
     #[arg(long, value_name = "IMAGE")]
@@ -186,6 +186,9 @@ pub(crate) struct VerifyArgs {
     /// A V4L2 camera: /dev/videoN or part of its name
     #[arg(long, value_name = "DEVICE")]
     pub(crate) camera: Option<String>,
+    /// Ask the running daemon (`veriface run` with its API on) to verify on its camera
+    #[arg(long, value_name = "SOCKET", num_args = 0..=1, default_missing_value = veriface::api::DEFAULT_SOCKET)]
+    pub(crate) daemon: Option<PathBuf>,
     /// Write the result as JSON (the documented, stable form)
     #[arg(long, value_name = "FILE")]
     pub(crate) json: Option<PathBuf>,
@@ -236,6 +239,10 @@ pub(crate) struct RunArgs {
     /// LEDs: none, rppal, gpiocdev (overrides leds.kind)
     #[arg(long, value_name = "KIND")]
     pub(crate) leds: Option<String>,
+    /// Serve the local API (verification sessions, status) on this Unix socket (overrides
+    /// [api]; the config's default socket is /run/veriface/api.sock)
+    #[arg(long, value_name = "SOCKET")]
+    pub(crate) api: Option<PathBuf>,
     /// No verdict lines on stdout
     #[arg(long, short)]
     pub(crate) quiet: bool,

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use base64::Engine as _;
 
 use veriface::pipeline::{Engine, VerifyResult};
 use veriface::source::camera::{LiveSource, PixelFormat, Wanted};
@@ -28,6 +29,9 @@ pub(crate) fn verify(cli: &Cli, args: &VerifyArgs) -> Result<ExitCode> {
     if args.timeout.is_nan() || args.timeout <= 0.0 {
         anyhow::bail!("--timeout {}: must be above 0 s", args.timeout);
     }
+    if let Some(socket) = &args.daemon {
+        return through_daemon(socket, args);
+    }
     let reference = source::read_image(&args.reference)
         .with_context(|| format!("reference {}", args.reference.display()))?;
     let mut config = engine_config(cli, args.detector, args.threshold);
@@ -45,25 +49,55 @@ pub(crate) fn verify(cli: &Cli, args: &VerifyArgs) -> Result<ExitCode> {
         (None, Some(device)) => Box::new(open_camera(device)?),
         (None, None) => unreachable!("clap requires --source or --camera"),
     };
-    let mut verifier = engine.verifier(enrolled, match_threshold, args.min_frames as usize)?;
-    let mut last_seconds = 0.0;
+    let mut stream = engine.stream();
+    let mut session = engine.verify_session(enrolled, match_threshold, args.min_frames as usize)?;
+    let mut watched = 0.0;
     let mut first_seconds = None;
     let result = loop {
         let Some(tf) = frames.next_frame()? else {
-            break verifier.end_of_source(last_seconds);
+            break session.end_of_source(watched);
         };
-        let start = *first_seconds.get_or_insert(tf.seconds);
-        last_seconds = tf.seconds - start;
-        if last_seconds > args.timeout {
-            break verifier.timed_out(last_seconds);
+        watched = tf.seconds - *first_seconds.get_or_insert(tf.seconds);
+        if watched > args.timeout {
+            break session.timed_out(watched);
         }
-        if let Some(result) = verifier.feed(&tf)? {
+        let analysed = stream.process(&tf)?;
+        if let Some(result) = session.observe(&engine, &tf, &analysed)? {
             break result;
         }
     };
-    print!("{}", render(&result));
+    finish(args, &result)
+}
+
+/// `--daemon`: the session runs in the daemon on its camera; progress goes to stderr.
+fn through_daemon(socket: &Path, args: &VerifyArgs) -> Result<ExitCode> {
+    // The daemon may run as another user in another folder: send the photo itself.
+    let bytes = std::fs::read(&args.reference)
+        .with_context(|| format!("reference {}: cannot read", args.reference.display()))?;
+    let request = serde_json::json!({"verify": {
+        "reference_b64": base64::engine::general_purpose::STANDARD.encode(bytes),
+        "timeout_s": args.timeout,
+    }});
+    let last = veriface::api::client_session(socket, &request, |event| {
+        if let Some(kind) = event.get("event").and_then(|e| e.as_str()) {
+            match (event.get("frames"), event.get("needed")) {
+                (Some(f), Some(n)) => eprintln!("{kind}: {f}/{n} frames"),
+                _ => eprintln!("{kind}"),
+            }
+        }
+    })?;
+    if let Some(error) = last.get("error").and_then(|e| e.as_str()) {
+        anyhow::bail!("{}: {error}", socket.display());
+    }
+    let result: VerifyResult = serde_json::from_value(last["result"].clone())
+        .with_context(|| format!("{}: not a session result: {last}", socket.display()))?;
+    finish(args, &result)
+}
+
+fn finish(args: &VerifyArgs, result: &VerifyResult) -> Result<ExitCode> {
+    print!("{}", render(result));
     if let Some(path) = &args.json {
-        write_json(path, &result)?;
+        write_json(path, result)?;
     }
     Ok(match result.outcome.decision {
         Decision::Verified => ExitCode::SUCCESS,

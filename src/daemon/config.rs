@@ -14,6 +14,8 @@ pub use crate::infer::BackendKind;
 pub use crate::sinks::display::DisplayConfig;
 pub use crate::sinks::leds::LedConfig;
 pub use crate::sinks::records::RecordsConfig;
+// The local API's section: defined by the API that reads it.
+pub use crate::api::ApiConfig;
 // The realtime schedule is the pipeline's; the daemon makes it its default.
 use crate::pipeline::Schedule;
 pub use crate::pipeline::DAEMON_SCHEDULE;
@@ -37,6 +39,7 @@ pub struct Config {
     pub status: StatusConfig,
     pub watchdog: WatchdogConfig,
     pub privacy: PrivacyConfig,
+    pub api: ApiConfig,
     pub onnxruntime: crate::infer::accel::OrtOptions,
 }
 
@@ -96,6 +99,9 @@ pub struct PrivacyConfig {
     /// Write face snapshots (PNG) at each verdict change. Off: no face pixels leave memory.
     pub snapshots: bool,
     pub snapshot_dir: String,
+    /// Keep each verification session's face embedding in its record (int8). Off: reference
+    /// photos and embeddings live in memory for the session only.
+    pub store_embeddings: bool,
 }
 
 impl Default for Config {
@@ -111,6 +117,7 @@ impl Default for Config {
             status: StatusConfig::default(),
             watchdog: WatchdogConfig::default(),
             privacy: PrivacyConfig::default(),
+            api: ApiConfig::default(),
             onnxruntime: Default::default(),
         }
     }
@@ -167,6 +174,7 @@ impl Default for PrivacyConfig {
         PrivacyConfig {
             snapshots: false,
             snapshot_dir: "/var/lib/veriface/snapshots".into(),
+            store_embeddings: false,
         }
     }
 }
@@ -273,6 +281,7 @@ impl Config {
         if self.engine.backend != BackendKind::Tract {
             self.onnxruntime.validate()?;
         }
+        self.api.validate()?;
         if self.verdict.needs_model_threshold() {
             bail!("verdict: fake_enter, fake_exit, real_enter and real_exit need `threshold` set too (the band surrounds it)");
         }

@@ -18,6 +18,7 @@ use super::{effective_config, engine_config, mono_ms, outputs_for, wall_ms, RunO
 use crate::pipeline::EngineConfig;
 use crate::sinks::{report, DaemonEvent, LiveView, Output};
 use crate::source::camera::{CameraEvent, CameraState};
+use crate::verdict::session::Decision;
 use crate::verdict::Label;
 
 /// What the control thread knows and owns while the daemon runs.
@@ -42,6 +43,8 @@ pub(super) struct ControlLoop<'a> {
     last_print: HashMap<u32, (Label, Instant)>,
     last_verdict_at: Instant,
     stall_reported: bool,
+    /// The status snapshot the API's `status` request answers with.
+    snapshot: Arc<std::sync::Mutex<serde_json::Value>>,
 }
 
 impl<'a> ControlLoop<'a> {
@@ -56,6 +59,7 @@ impl<'a> ControlLoop<'a> {
         latest: Arc<Latest>,
         busy_since: Arc<AtomicU64>,
         reload: Sender<EngineConfig>,
+        snapshot: Arc<std::sync::Mutex<serde_json::Value>>,
     ) -> ControlLoop<'a> {
         let mut outputs = outputs_for(&cfg);
         let started_event = DaemonEvent::Started {
@@ -100,6 +104,7 @@ impl<'a> ControlLoop<'a> {
             last_print: Default::default(),
             last_verdict_at: Instant::now(),
             stall_reported: false,
+            snapshot,
         }
     }
 
@@ -288,6 +293,32 @@ impl<'a> ControlLoop<'a> {
         }
     }
 
+    /// A verification session's progress or end: the outputs show and record it, and the end
+    /// is one line on stdout.
+    pub(super) fn session(&mut self, event: &DaemonEvent) {
+        if let DaemonEvent::SessionEnded(end) = event {
+            let o = &end.outcome;
+            let reasons: Vec<&str> = o.reasons.iter().map(|r| r.name()).collect();
+            let score = |s: Option<f32>| s.map_or("-".into(), |v| format!("{v:.3}"));
+            if !self.opts.quiet {
+                let decision = match o.decision {
+                    Decision::Verified => "VERIFIED",
+                    Decision::Rejected => "REJECTED",
+                };
+                println!(
+                    "session {decision}{}{} match {} deepfake {} frames {} in {:.1} s",
+                    if reasons.is_empty() { "" } else { ": " },
+                    reasons.join(", "),
+                    score(o.matched.score),
+                    score(o.deepfake.score),
+                    o.frames,
+                    end.duration_s
+                );
+            }
+        }
+        tell(&mut self.outputs, |o| o.event(event));
+    }
+
     /// The stop begins: systemd hears STOPPING=1.
     pub(super) fn stopping(&mut self) {
         self.notifier.send("STOPPING=1");
@@ -317,14 +348,18 @@ impl<'a> ControlLoop<'a> {
     }
 
     fn write_status(&mut self) {
-        if self.cfg.status.path.is_empty() {
-            return;
-        }
         let status = &mut self.status;
         status.uptime_s = self.started.elapsed().as_secs_f64();
         status.dropped = self.latest.dropped.load(Ordering::Relaxed);
         if let Some(v) = status.last_verdict.as_mut() {
             v.age_s = self.last_verdict_at.elapsed().as_secs_f64();
+        }
+        if let (Ok(value), Ok(mut shared)) = (serde_json::to_value(&*status), self.snapshot.lock())
+        {
+            *shared = value;
+        }
+        if self.cfg.status.path.is_empty() {
+            return;
         }
         if let Err(e) = status.write_atomic(Path::new(&self.cfg.status.path)) {
             log::warn!("{e:#}");

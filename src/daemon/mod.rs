@@ -47,6 +47,8 @@ pub struct RunOptions {
     pub status: Option<PathBuf>,
     pub display: Option<String>,
     pub leds: Option<String>,
+    /// Turn the local API on at this socket (overrides api.socket and api.enabled).
+    pub api: Option<PathBuf>,
     pub quiet: bool,
 }
 
@@ -59,6 +61,8 @@ pub(super) fn engine_config(cfg: &Config) -> Result<EngineConfig> {
         backend: cfg.backend_choice(),
         threads: cfg.engine.threads as usize,
         schedule: cfg.schedule(),
+        // Verification sessions need the embedding model; without the API it stays unloaded.
+        identity: cfg.api.enabled,
         ..EngineConfig::default()
     })
 }
@@ -146,6 +150,10 @@ pub fn effective_config(opts: &RunOptions) -> Result<Config> {
     if let Some(l) = &opts.leds {
         cfg.leds.kind = l.parse()?;
     }
+    if let Some(socket) = &opts.api {
+        cfg.api.enabled = true;
+        cfg.api.socket = socket.display().to_string();
+    }
     cfg.validate()
         .with_context(|| format!("{} (with command-line overrides)", opts.config.display()))?;
     Ok(cfg)
@@ -179,6 +187,20 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         .privacy
         .snapshots
         .then(|| PathBuf::from(&cfg.privacy.snapshot_dir));
+    // The API listens before the models load, so a socket that cannot be made is a start-up
+    // error in one line; requests wait in the channel until the analysis thread takes them.
+    let status_snapshot = Arc::new(std::sync::Mutex::new(serde_json::json!({
+        "state": "starting",
+        "device_id": cfg.device_id,
+    })));
+    let (session_tx, session_rx) = mpsc::channel();
+    let api = match cfg.api.enabled {
+        true => Some(
+            crate::api::Server::start(&cfg.api, session_tx, status_snapshot.clone())
+                .context("api")?,
+        ),
+        false => None,
+    };
     let analysis = spawn_analysis(
         engine_config(&cfg)?,
         latest.clone(),
@@ -186,7 +208,11 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         busy_since.clone(),
         reload_rx,
         analysis_tx,
-        snapshots,
+        threads::Extras {
+            snapshots,
+            sessions: session_rx,
+            store_embeddings: cfg.privacy.store_embeddings,
+        },
     );
     // Models first: a broken model set is a start-up error, not a camera loop.
     let loaded = match analysis_rx.recv() {
@@ -216,7 +242,11 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         latest,
         busy_since,
         reload_tx,
+        status_snapshot,
     );
+    if let Some(api) = &api {
+        log::info!("api: listening on {}", api.path().display());
+    }
     let failure = drive(&mut control, &stop, &reload_flag, &cap_rx, &analysis_rx);
 
     // Clean stop: threads see the flag within one read timeout or one frame.
@@ -225,6 +255,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     control.shut_outputs();
     let _ = capture.join();
     let _ = analysis.join();
+    drop(api);
     control.finish(failure.is_some());
     match failure {
         Some(e) => Err(e),
@@ -254,6 +285,7 @@ fn drive(
         }
         match analysis_rx.recv_timeout(Duration::from_millis(50)) {
             Ok(AnalysisMsg::Frame(a)) => control.frame(&a),
+            Ok(AnalysisMsg::Session(event)) => control.session(&event),
             Ok(AnalysisMsg::Failed(e)) => return Some(anyhow::anyhow!(e)),
             Ok(AnalysisMsg::Loaded(_)) | Err(RecvTimeoutError::Timeout) => {}
             // The analysis thread also ends on SIGTERM: only unasked is it a failure.

@@ -9,8 +9,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::{mono_ms, wall_ms};
+use crate::api::{Progress, SessionEvent, SessionRequest};
 use crate::frame::Frame;
-use crate::pipeline::{Engine, EngineConfig, FrameResult, StageTimings};
+use crate::pipeline::{
+    Engine, EngineConfig, FrameResult, StageTimings, VerifyResult, VerifySession,
+};
+use crate::sinks::output::SessionEnd;
+use crate::sinks::DaemonEvent;
 use crate::source::camera::{CameraEvent, CameraState, Step, Supervisor};
 use crate::source::TimedFrame;
 use crate::verdict::Label;
@@ -73,6 +78,140 @@ pub(super) enum AnalysisMsg {
     Loaded(Loaded),
     Frame(Box<Analysed>),
     Failed(String),
+    /// A verification session started, moved on or ended: for the outputs.
+    Session(DaemonEvent),
+}
+
+/// What the analysis thread does besides the stream: face snapshots, and the API's
+/// verification sessions on the live frames.
+pub(super) struct Extras {
+    pub(super) snapshots: Option<PathBuf>,
+    pub(super) sessions: Receiver<SessionRequest>,
+    pub(super) store_embeddings: bool,
+}
+
+/// The session in progress and who asked for it.
+struct Active {
+    session: VerifySession,
+    events: Sender<SessionEvent>,
+    started: Instant,
+    deadline: Instant,
+    reported_frames: usize,
+}
+
+/// A session request: enrol the reference, or say why not. One session at a time.
+fn start_session(
+    engine: &Engine,
+    req: SessionRequest,
+    active: &Option<Active>,
+    out: &Sender<AnalysisMsg>,
+) -> Option<Active> {
+    let fail = |error: String| {
+        let _ = req.events.send(SessionEvent::Error { error });
+        None
+    };
+    if active.is_some() {
+        return fail("busy: another verification session is running".into());
+    }
+    let session = engine
+        .enroll(&req.reference)
+        .map_err(|e| format!("reference: {e:#}"))
+        .and_then(|reference| {
+            let threshold = engine.match_threshold().map_err(|e| format!("{e:#}"))?;
+            engine
+                .verify_session(reference, threshold, req.min_frames)
+                .map_err(|e| format!("{e:#}"))
+        });
+    match session {
+        Err(e) => fail(e),
+        Ok(session) => {
+            if req
+                .events
+                .send(SessionEvent::Event(Progress::Enrolled))
+                .is_err()
+            {
+                return None;
+            }
+            let _ = out.send(AnalysisMsg::Session(DaemonEvent::SessionStarted));
+            let now = Instant::now();
+            Some(Active {
+                session,
+                events: req.events,
+                started: now,
+                deadline: now + req.timeout,
+                reported_frames: 0,
+            })
+        }
+    }
+}
+
+/// Tell the client and the outputs how a session ended.
+fn end_session(
+    engine: &Engine,
+    active: Active,
+    result: VerifyResult,
+    store_embeddings: bool,
+    out: &Sender<AnalysisMsg>,
+) {
+    let embedding_model = engine
+        .identity
+        .as_ref()
+        .and_then(|e| result.models.get(&e.key).cloned())
+        .unwrap_or_default();
+    let end = SessionEnd {
+        outcome: result.outcome.clone(),
+        duration_s: result.duration_s,
+        embedding_model,
+        embedding: store_embeddings
+            .then(|| result.embedding.as_ref().map(|e| e.values().to_vec()))
+            .flatten(),
+    };
+    let _ = active.events.send(SessionEvent::Result {
+        result: Box::new(result),
+    });
+    let _ = out.send(AnalysisMsg::Session(DaemonEvent::SessionEnded(Box::new(
+        end,
+    ))));
+}
+
+/// One analysed frame for the session: progress to the client, the end when it decides.
+fn session_frame(
+    engine: &Engine,
+    slot: &mut Option<Active>,
+    tf: &TimedFrame,
+    result: &FrameResult,
+    store_embeddings: bool,
+    out: &Sender<AnalysisMsg>,
+) {
+    let Some(active) = slot.as_mut() else { return };
+    match active.session.observe(engine, tf, result) {
+        Ok(Some(done)) => {
+            let active = slot.take().expect("checked above");
+            end_session(engine, active, done, store_embeddings, out);
+        }
+        Ok(None) => {
+            let (frames, needed) = active.session.progress();
+            if frames != active.reported_frames {
+                active.reported_frames = frames;
+                let progress = SessionEvent::Event(Progress::Progress { frames, needed });
+                if active.events.send(progress).is_err() {
+                    log::info!("api: the client left; session dropped");
+                    *slot = None;
+                    return;
+                }
+                let _ = out.send(AnalysisMsg::Session(DaemonEvent::SessionProgress {
+                    frames,
+                    needed,
+                }));
+            }
+        }
+        Err(e) => {
+            let active = slot.take().expect("checked above");
+            let _ = active.events.send(SessionEvent::Error {
+                error: format!("frame {}: {e:#}", tf.index),
+            });
+        }
+    }
 }
 
 /// Loads the models and tells the control loop what they are, or why they did not load.
@@ -108,7 +247,7 @@ pub(super) fn spawn_analysis(
     busy_since_ms: Arc<AtomicU64>,
     reload: Receiver<EngineConfig>,
     out: Sender<AnalysisMsg>,
-    snapshots: Option<PathBuf>,
+    extras: Extras,
 ) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name("analysis".into())
@@ -117,6 +256,7 @@ pub(super) fn spawn_analysis(
                 return;
             };
             let mut labels: std::collections::HashMap<u32, Label> = Default::default();
+            let mut active: Option<Active> = None;
             'engine: loop {
                 let mut stream = engine.stream();
                 while !stop.load(Ordering::Relaxed) {
@@ -132,6 +272,19 @@ pub(super) fn spawn_analysis(
                             }
                         }
                     }
+                    while let Ok(req) = extras.sessions.try_recv() {
+                        if let Some(started) = start_session(&engine, req, &active, &out) {
+                            active = Some(started);
+                        }
+                    }
+                    if active
+                        .as_ref()
+                        .is_some_and(|a| Instant::now() >= a.deadline)
+                    {
+                        let mut a = active.take().expect("checked above");
+                        let done = a.session.timed_out(a.started.elapsed().as_secs_f64());
+                        end_session(&engine, a, done, extras.store_embeddings, &out);
+                    }
                     let Some(tf) = latest.take(Duration::from_millis(100)) else {
                         continue;
                     };
@@ -142,9 +295,17 @@ pub(super) fn spawn_analysis(
                     busy_since_ms.store(0, Ordering::Relaxed);
                     match result {
                         Ok(result) => {
-                            if let Some(dir) = &snapshots {
+                            if let Some(dir) = &extras.snapshots {
                                 save_snapshots(dir, &tf.frame, &result, &mut labels);
                             }
+                            session_frame(
+                                &engine,
+                                &mut active,
+                                &tf,
+                                &result,
+                                extras.store_embeddings,
+                                &out,
+                            );
                             let timings = stream.timings.since(&before);
                             let msg = Analysed {
                                 result,

@@ -26,6 +26,26 @@ pub enum DaemonEvent {
     CameraLost(String),
     CameraBack(String),
     Stopping,
+    /// A verification session began: the person is asked to look at the camera.
+    SessionStarted,
+    /// Single-face frames the session has, and how many its decision needs.
+    SessionProgress {
+        frames: usize,
+        needed: usize,
+    },
+    SessionEnded(Box<SessionEnd>),
+}
+
+/// How a verification session ended, for the outputs (records keep it, the screen and LEDs
+/// show it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionEnd {
+    pub outcome: crate::verdict::session::Outcome,
+    pub duration_s: f64,
+    /// sha256 (hex) of the embedding model.
+    pub embedding_model: String,
+    /// The session face's embedding, only where the operator opted in to storing it.
+    pub embedding: Option<Vec<f32>>,
 }
 
 /// What outputs see after each analysed frame.

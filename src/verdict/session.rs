@@ -10,7 +10,7 @@
 //! clip) is decided on the frames it gave. Nothing seen by the deadline is `no_face`; too few
 //! frames by the deadline is `timeout`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What the session needs to decide.
 #[derive(Clone, Debug, PartialEq)]
@@ -38,8 +38,9 @@ pub struct Observation {
     pub deepfake: Option<f32>,
 }
 
-/// Why a session was rejected; the JSON names are the API's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+/// Why a session was rejected; the JSON names are the API's. Records store the variant's
+/// position: add new reasons at the end only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     Match,
@@ -63,7 +64,7 @@ impl Reason {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Decision {
     Verified,
@@ -71,7 +72,7 @@ pub enum Decision {
 }
 
 /// One component's score against its threshold.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Component {
     pub score: Option<f32>,
     pub threshold: f32,
@@ -79,7 +80,7 @@ pub struct Component {
 }
 
 /// The session's answer (the JSON of `verify --json`, the API's result and the record).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
     pub decision: Decision,
     pub reasons: Vec<Reason>,

@@ -6,11 +6,15 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::verdict::session::Reason;
 use crate::verdict::Label;
 
 /// The schema written now. Older versions stay decodable (see [`decode_payload`]).
-pub const SCHEMA_VERSION: u8 = 1;
-// The largest record (a start record listing 16 models with 32-byte keys) is about 720 bytes.
+/// 2: `Event::Session` added at the end (postcard numbers enum variants in order, so every
+/// version-1 record decodes with the version-2 types unchanged).
+pub const SCHEMA_VERSION: u8 = 2;
+// The largest record (a session record with a 512-value embedding) is about 560 bytes, a start
+// record listing 16 models with 32-byte keys about 720.
 const MAX_PAYLOAD: usize = 1024;
 pub const MAX_FRAME: usize = MAX_PAYLOAD + MAX_PAYLOAD / 254 + 2;
 pub const EXTENSION: &str = "vfr";
@@ -55,6 +59,57 @@ pub enum Event {
     },
     CameraBack,
     Face(FaceRecord),
+    /// One 1:1 verification session (schema 2).
+    Session(SessionRecord),
+}
+
+/// A verification session's decision: scores and reasons, never pixels; the embedding only when
+/// the operator opted in (`privacy.store_embeddings`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub verified: bool,
+    pub reasons: heapless::Vec<Reason, 8>,
+    /// Match similarity (cosine) and its threshold in 1/10000; a cosine may be negative.
+    pub match_score: Option<i16>,
+    pub match_threshold: i16,
+    /// Fake probability and threshold in 1/10000.
+    pub deepfake_prob: Option<u16>,
+    pub deepfake_threshold: u16,
+    /// Single-face frames the decision rests on, and the session's length.
+    pub frames: u16,
+    pub duration_ms: u32,
+    /// First 4 bytes of the embedding model's sha256.
+    pub model: u32,
+    /// The session face's embedding (opt-in only).
+    pub embedding: Option<StoredEmbedding>,
+}
+
+/// An embedding in int8: value = `values[i] * scale`, the scale putting the largest magnitude at
+/// 127 (an L2-normalised 512-d vector has values near +-0.05, so a fixed x127 would keep none).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredEmbedding {
+    pub scale: f32,
+    pub values: heapless::Vec<i8, 512>,
+}
+
+impl StoredEmbedding {
+    /// At most 512 values; more are cut.
+    pub fn quantise(values: &[f32]) -> StoredEmbedding {
+        let max = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+        StoredEmbedding {
+            scale,
+            values: values
+                .iter()
+                .take(512)
+                .map(|&v| (v / scale).round().clamp(-127.0, 127.0) as i8)
+                .collect(),
+        }
+    }
+
+    pub fn values(&self) -> Vec<f32> {
+        self.values.iter().map(|&v| v as f32 * self.scale).collect()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -95,7 +150,7 @@ pub fn encode_frame(record: &Record, out: &mut [u8; MAX_FRAME + 1]) -> Result<us
 pub fn decode_payload(payload: &[u8]) -> Result<Record, String> {
     let (&version, body) = payload.split_first().ok_or("empty frame")?;
     match version {
-        1 => postcard::from_bytes::<Record>(body).map_err(|e| format!("schema 1: {e}")),
+        1 | 2 => postcard::from_bytes::<Record>(body).map_err(|e| format!("schema {version}: {e}")),
         v => Err(format!("unknown schema version {v} (newer veriface?)")),
     }
 }

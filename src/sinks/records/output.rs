@@ -8,7 +8,8 @@ use anyhow::Result;
 use super::format::*;
 use super::writer::{RecordWriter, StatVfs};
 use super::RecordsConfig;
-use crate::sinks::output::{DaemonEvent, LiveView, Output};
+use crate::sinks::output::{DaemonEvent, LiveView, Output, SessionEnd};
+use crate::verdict::session::Decision;
 use crate::verdict::Label;
 
 fn prob(p: Option<f32>) -> Option<u16> {
@@ -24,6 +25,28 @@ fn sha_prefix(hex: &str) -> [u8; 8] {
             .unwrap_or(0);
     }
     out
+}
+
+/// A similarity or probability in 1/10000.
+fn ten_thousandths(v: f32) -> i16 {
+    (v.clamp(-1.0, 1.0) * 10000.0).round() as i16
+}
+
+fn session_record(end: &SessionEnd) -> SessionRecord {
+    let o = &end.outcome;
+    let p = sha_prefix(&end.embedding_model);
+    SessionRecord {
+        verified: o.decision == Decision::Verified,
+        reasons: o.reasons.iter().copied().collect(),
+        match_score: o.matched.score.map(ten_thousandths),
+        match_threshold: ten_thousandths(o.matched.threshold),
+        deepfake_prob: prob(o.deepfake.score),
+        deepfake_threshold: prob(Some(o.deepfake.threshold)).unwrap_or(0),
+        frames: o.frames.min(u16::MAX as usize) as u16,
+        duration_ms: (end.duration_s.max(0.0) * 1000.0).min(u32::MAX as f64) as u32,
+        model: u32::from_be_bytes([p[0], p[1], p[2], p[3]]),
+        embedding: end.embedding.as_deref().map(StoredEmbedding::quantise),
+    }
 }
 
 /// The daemon's record output: a face record when a track appears or its verdict changes, and
@@ -137,10 +160,16 @@ impl Output for RecordsOutput {
             DaemonEvent::CameraLost(why) => Event::CameraLost { reason: short(why) },
             DaemonEvent::CameraBack(_) => Event::CameraBack,
             DaemonEvent::Stopping => Event::Stop,
+            DaemonEvent::SessionEnded(end) => Event::Session(session_record(end)),
+            DaemonEvent::SessionStarted | DaemonEvent::SessionProgress { .. } => return Ok(()),
         };
         let rec = self.record(now_ms(), ev);
         self.writer.write(&rec)?;
-        if matches!(event, DaemonEvent::CameraLost(_) | DaemonEvent::Stopping) {
+        // A session's decision is what a kiosk operator audits: on disk at once, like a stop.
+        if matches!(
+            event,
+            DaemonEvent::CameraLost(_) | DaemonEvent::Stopping | DaemonEvent::SessionEnded(_)
+        ) {
             self.writer.flush(true)?;
         }
         Ok(())

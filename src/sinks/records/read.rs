@@ -79,6 +79,29 @@ pub fn to_json(file: &Path, offset: u64, r: &Record) -> serde_json::Value {
             );
             obj.insert("model".into(), format!("{:08x}", f.model).into());
         }
+        Event::Session(s) => {
+            let q = |x: Option<i16>| x.map(|x| x as f64 / 10000.0);
+            obj.insert("event".into(), "session".into());
+            obj.insert(
+                "decision".into(),
+                if s.verified { "VERIFIED" } else { "REJECTED" }.into(),
+            );
+            let reasons: Vec<&str> = s.reasons.iter().map(|r| r.name()).collect();
+            obj.insert("reasons".into(), reasons.into());
+            obj.insert("match_score".into(), q(s.match_score).into());
+            obj.insert("match_threshold".into(), q(Some(s.match_threshold)).into());
+            obj.insert("deepfake_prob".into(), p(s.deepfake_prob).into());
+            obj.insert(
+                "deepfake_threshold".into(),
+                p(Some(s.deepfake_threshold)).into(),
+            );
+            obj.insert("frames".into(), s.frames.into());
+            obj.insert("duration_s".into(), (s.duration_ms as f64 / 1000.0).into());
+            obj.insert("model".into(), format!("{:08x}", s.model).into());
+            if let Some(e) = &s.embedding {
+                obj.insert("embedding".into(), e.values().into());
+            }
+        }
     }
     v
 }
@@ -116,6 +139,26 @@ pub fn to_csv(r: &Record) -> String {
         Event::Stop => ("stop", empty_then("")),
         Event::CameraLost { reason } => ("camera_lost", empty_then(reason)),
         Event::CameraBack => ("camera_back", empty_then("")),
+        Event::Session(s) => {
+            let reasons: Vec<&str> = s.reasons.iter().map(|r| r.name()).collect();
+            let decision = if s.verified { "VERIFIED" } else { "REJECTED" };
+            // Track and box empty; the session's median fake probability as frame_prob, the
+            // decision as the verdict.
+            let mut v = vec![String::new(); 6];
+            v.push(p(s.deepfake_prob));
+            v.push(String::new());
+            v.push(decision.to_string());
+            v.push(String::new());
+            v.push(String::new());
+            v.push(format!(
+                "match={} reasons={} frames={}",
+                s.match_score
+                    .map_or(String::new(), |m| format!("{:.4}", m as f64 / 10000.0)),
+                reasons.join("+"),
+                s.frames
+            ));
+            ("session", v)
+        }
     };
     fields.push(event.to_string());
     fields.extend(rest);
@@ -183,6 +226,14 @@ impl Stats {
                 Event::Face(f) => {
                     *self.per_verdict.entry(f.verdict.to_string()).or_default() += 1;
                     *self.per_hour.entry(format!("{}:00", &t[..13])).or_default() += 1;
+                }
+                Event::Session(s) => {
+                    let key = if s.verified {
+                        "session VERIFIED"
+                    } else {
+                        "session REJECTED"
+                    };
+                    *self.per_verdict.entry(key.to_string()).or_default() += 1;
                 }
             }
         }
