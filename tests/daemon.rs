@@ -396,6 +396,8 @@ fn api_socket_runs_verification_sessions_against_the_live_source() {
         .arg(dir.join("records"))
         .arg("--api")
         .arg(&socket)
+        .arg("--display")
+        .arg(format!("png:{}", dir.join("screen.png").display()))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -452,6 +454,15 @@ fn api_socket_runs_verification_sessions_against_the_live_source() {
     let text = String::from_utf8_lossy(&other.stdout).to_string();
     assert_eq!(other.status.code(), Some(2), "{text}");
     assert!(text.starts_with("REJECTED: match\n"), "{text}");
+    // The screen holds the decision over the live verdict (REAL, green, on this clip).
+    let red = {
+        use embedded_graphics::pixelcolor::RgbColor;
+        let c = veriface::sinks::display::verdict_colour(veriface::verdict::Label::Fake);
+        [c.r(), c.g(), c.b()]
+    };
+    wait_for("REJECTED on screen", Duration::from_secs(2), || {
+        image::open(dir.join("screen.png")).is_ok_and(|img| img.to_rgb8().get_pixel(5, 5).0 == red)
+    });
 
     assert!(terminate(&mut child).success());
     assert!(!socket.exists(), "the socket is removed at the stop");

@@ -7,7 +7,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::repo;
-use veriface::sinks::display::{render, Screen};
+use veriface::sinks::display::{render, Screen, SessionScreen};
 use veriface::verdict::Label;
 
 fn screens() -> Vec<(&'static str, Screen)> {
@@ -18,6 +18,7 @@ fn screens() -> Vec<(&'static str, Screen)> {
         faces: 1,
         fps: 14,
         camera: "streaming".into(),
+        session: None,
     };
     vec![
         ("real", base.clone()),
@@ -46,6 +47,30 @@ fn screens() -> Vec<(&'static str, Screen)> {
                 fake_percent: None,
                 emotion: None,
                 faces: 0,
+                ..base.clone()
+            },
+        ),
+        (
+            "session_verifying",
+            Screen {
+                session: Some(SessionScreen::Verifying {
+                    frames: 2,
+                    needed: 5,
+                }),
+                ..base.clone()
+            },
+        ),
+        (
+            "session_verified",
+            Screen {
+                session: Some(SessionScreen::Verified),
+                ..base.clone()
+            },
+        ),
+        (
+            "session_rejected",
+            Screen {
+                session: Some(SessionScreen::Rejected("match, deepfake".into())),
                 ..base.clone()
             },
         ),

@@ -166,12 +166,13 @@ fn end_session(
             .then(|| result.embedding.as_ref().map(|e| e.values().to_vec()))
             .flatten(),
     };
-    let _ = active.events.send(SessionEvent::Result {
-        result: Box::new(result),
-    });
+    // Outputs first: the record is on its way before the client hears the decision.
     let _ = out.send(AnalysisMsg::Session(DaemonEvent::SessionEnded(Box::new(
         end,
     ))));
+    let _ = active.events.send(SessionEvent::Result {
+        result: Box::new(result),
+    });
 }
 
 /// One analysed frame for the session: progress to the client, the end when it decides.

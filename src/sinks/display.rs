@@ -15,7 +15,8 @@ use embedded_graphics::text::{Alignment, Text};
 use serde::{Deserialize, Serialize};
 
 use super::canvas::RgbCanvas;
-use super::output::{DaemonEvent, LiveView, Output};
+use super::output::{DaemonEvent, LiveView, Output, SESSION_HOLD};
+use crate::verdict::session::Decision;
 use crate::verdict::Label;
 
 /// The `[display]` section of the daemon config: which panel, and where it is. Each kind carries
@@ -95,9 +96,37 @@ pub struct Screen {
     pub faces: usize,
     pub fps: u16,
     pub camera: String,
+    /// A verification session in progress or just ended: shown instead of the verdict.
+    pub session: Option<SessionScreen>,
+}
+
+/// What the screen says during a verification session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionScreen {
+    /// Look at the camera: `frames` of the `needed` (0 until the first progress) are in.
+    Verifying {
+        frames: u8,
+        needed: u8,
+    },
+    Verified,
+    /// With the reasons, comma-separated.
+    Rejected(String),
 }
 
 impl Screen {
+    /// Nothing seen yet.
+    pub fn idle() -> Screen {
+        Screen {
+            label: Label::NoFace,
+            fake_percent: None,
+            emotion: None,
+            faces: 0,
+            fps: 0,
+            camera: String::new(),
+            session: None,
+        }
+    }
+
     /// The state for one analysed frame: the verdict of the largest face.
     pub fn from_view(view: &LiveView) -> Screen {
         let main = view.result.faces.iter().max_by(|a, b| {
@@ -117,6 +146,7 @@ impl Screen {
             faces: view.result.faces.len(),
             fps: view.fps.round().clamp(0.0, 999.0) as u16,
             camera: view.camera.name().to_string(),
+            session: None,
         }
     }
 }
@@ -163,11 +193,93 @@ const COMPACT_BELOW: u32 = 200;
 
 /// Draw the screen for a panel of `width` x `height`.
 pub fn render(screen: &Screen, width: u32, height: u32) -> RgbCanvas {
+    if let Some(session) = &screen.session {
+        return render_session(session, width, height);
+    }
     if width < COMPACT_BELOW || height < 100 {
         render_compact(screen, width, height)
     } else {
         render_colour(screen, width, height)
     }
+}
+
+/// A verification session: the prompt with its progress, then the decision. On the OLED in
+/// white on black (inverted banner for the decision), on colour panels blue / green / red.
+fn render_session(session: &SessionScreen, width: u32, height: u32) -> RgbCanvas {
+    let compact = width < COMPACT_BELOW || height < 100;
+    let (title, detail, colour) = match session {
+        SessionScreen::Verifying { .. } => (
+            "LOOK HERE",
+            "verifying identity".to_string(),
+            Rgb888::new(30, 90, 200),
+        ),
+        SessionScreen::Verified => ("VERIFIED", String::new(), verdict_colour(Label::Real)),
+        SessionScreen::Rejected(reasons) => {
+            ("REJECTED", reasons.clone(), verdict_colour(Label::Fake))
+        }
+    };
+    let white = Rgb888::WHITE;
+    let mut c = RgbCanvas::new(
+        width,
+        height,
+        if compact {
+            Rgb888::BLACK
+        } else {
+            Rgb888::new(16, 16, 20)
+        },
+    );
+    let w = width as i32;
+    let banner_h = if compact { 24 } else { height * 2 / 5 };
+    let decided = !matches!(session, SessionScreen::Verifying { .. });
+    let ink = match (compact, decided) {
+        (true, true) => {
+            fill(&mut c, 0, 0, width, banner_h, white);
+            Rgb888::BLACK
+        }
+        (true, false) => {
+            outline(&mut c, 0, 0, width, banner_h, white);
+            white
+        }
+        (false, _) => {
+            fill(&mut c, 0, 0, width, banner_h, colour);
+            white
+        }
+    };
+    text(
+        &mut c,
+        title,
+        Point::new(w / 2, banner_h as i32 / 2 + 7),
+        true,
+        ink,
+        Alignment::Center,
+    );
+    let below = banner_h as i32 + if compact { 4 } else { 14 };
+    if let SessionScreen::Verifying { frames, needed } = session {
+        if *needed > 0 {
+            let (x, bar_w, bar_h) = if compact {
+                (0, width, 8)
+            } else {
+                (10, width - 20, 18)
+            };
+            outline(&mut c, x, below, bar_w, bar_h, white);
+            let filled = (u32::from(*frames.min(needed)) * (bar_w - 2)) / u32::from(*needed);
+            fill(
+                &mut c,
+                x + 1,
+                below + 1,
+                filled,
+                bar_h - 2,
+                if compact { white } else { colour },
+            );
+        }
+    }
+    let at = if compact {
+        Point::new(0, below + 20)
+    } else {
+        Point::new(10, below + 44)
+    };
+    text(&mut c, &detail, at, false, white, Alignment::Left);
+    c
 }
 
 /// 128x64 monochrome: white on black only, so an OLED shows exactly this.
@@ -581,6 +693,8 @@ impl Panel for Ssd1306Panel {
 pub struct DisplayOutput {
     panel: Box<dyn Panel>,
     shown: Option<Screen>,
+    /// The session on screen, and until when a decision stays there.
+    session: Option<(SessionScreen, Option<std::time::Instant>)>,
     pub redraws: u64,
 }
 
@@ -589,6 +703,7 @@ impl DisplayOutput {
         DisplayOutput {
             panel,
             shown: None,
+            session: None,
             redraws: 0,
         }
     }
@@ -612,19 +727,58 @@ impl Output for DisplayOutput {
     }
 
     fn frame(&mut self, view: &LiveView) -> Result<()> {
-        self.update(Screen::from_view(view))
+        if self
+            .session
+            .as_ref()
+            .is_some_and(|(_, until)| until.is_some_and(|t| std::time::Instant::now() >= t))
+        {
+            self.session = None;
+        }
+        let mut screen = Screen::from_view(view);
+        screen.session = self.session.as_ref().map(|(s, _)| s.clone());
+        self.update(screen)
     }
 
     fn event(&mut self, event: &DaemonEvent) -> Result<()> {
+        let session = match event {
+            DaemonEvent::SessionStarted => Some((
+                SessionScreen::Verifying {
+                    frames: 0,
+                    needed: 0,
+                },
+                None,
+            )),
+            DaemonEvent::SessionProgress { frames, needed } => Some((
+                SessionScreen::Verifying {
+                    frames: (*frames).min(255) as u8,
+                    needed: (*needed).min(255) as u8,
+                },
+                None,
+            )),
+            DaemonEvent::SessionEnded(end) => Some((
+                match end.outcome.decision {
+                    Decision::Verified => SessionScreen::Verified,
+                    Decision::Rejected => SessionScreen::Rejected(
+                        end.outcome
+                            .reasons
+                            .iter()
+                            .map(|r| r.name())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    ),
+                },
+                Some(std::time::Instant::now() + SESSION_HOLD),
+            )),
+            _ => None,
+        };
+        if let Some(session) = session {
+            self.session = Some(session);
+            let mut screen = self.shown.clone().unwrap_or_else(Screen::idle);
+            screen.session = self.session.as_ref().map(|(s, _)| s.clone());
+            return self.update(screen);
+        }
         if let DaemonEvent::CameraLost(_) = event {
-            let mut screen = self.shown.clone().unwrap_or(Screen {
-                label: Label::NoFace,
-                fake_percent: None,
-                emotion: None,
-                faces: 0,
-                fps: 0,
-                camera: String::new(),
-            });
+            let mut screen = self.shown.clone().unwrap_or_else(Screen::idle);
             screen.label = Label::NoFace;
             screen.fake_percent = None;
             screen.emotion = None;

@@ -8,7 +8,8 @@ use std::path::Path;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use super::output::{DaemonEvent, LiveView, Output};
+use super::output::{DaemonEvent, LiveView, Output, SESSION_HOLD};
+use crate::verdict::session::Decision;
 use crate::verdict::Label;
 
 /// The `[leds]` section of the daemon config.
@@ -115,9 +116,26 @@ pub struct Pattern {
     label: Option<Label>,
     camera_lost: bool,
     beep_until: u64,
+    session: Option<SessionLights>,
+}
+
+/// A verification session on the LEDs: green blinking while it looks, then green (verified) or
+/// red (rejected, with a beep) held until `until_ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionLights {
+    Verifying,
+    Verified { until_ms: u64 },
+    Rejected { until_ms: u64 },
 }
 
 impl Pattern {
+    pub fn session(&mut self, session: SessionLights, now_ms: u64) {
+        if matches!(session, SessionLights::Rejected { .. }) {
+            self.beep_until = now_ms + BEEP_MS;
+        }
+        self.session = Some(session);
+    }
+
     pub fn verdict(&mut self, label: Label, now_ms: u64) {
         if label == Label::Fake && self.label != Some(Label::Fake) {
             self.beep_until = now_ms + BEEP_MS;
@@ -132,13 +150,38 @@ impl Pattern {
     }
 
     pub fn lights(&self, now_ms: u64) -> Lights {
+        let blink_on = (now_ms / BLINK_MS) % 2 == 0;
+        let beep = now_ms < self.beep_until;
+        match self.session {
+            Some(SessionLights::Verifying) => {
+                return Lights {
+                    green: blink_on,
+                    buzzer: beep,
+                    ..Lights::default()
+                }
+            }
+            Some(SessionLights::Verified { until_ms }) if now_ms < until_ms => {
+                return Lights {
+                    green: true,
+                    buzzer: beep,
+                    ..Lights::default()
+                }
+            }
+            Some(SessionLights::Rejected { until_ms }) if now_ms < until_ms => {
+                return Lights {
+                    red: true,
+                    buzzer: beep,
+                    ..Lights::default()
+                }
+            }
+            _ => {}
+        }
         if self.camera_lost {
             return Lights {
                 amber: true,
                 ..Lights::default()
             };
         }
-        let blink_on = (now_ms / BLINK_MS) % 2 == 0;
         let mut l = match self.label {
             Some(Label::Real) => Lights {
                 green: true,
@@ -154,7 +197,7 @@ impl Pattern {
             },
             Some(Label::Unscored) | Some(Label::NoFace) | None => Lights::default(),
         };
-        l.buzzer = now_ms < self.beep_until;
+        l.buzzer = beep;
         l
     }
 }
@@ -245,6 +288,21 @@ impl Output for LedOutput {
                 self.show(self.pattern.lights(self.now_ms()))
             }
             DaemonEvent::Stopping => self.all_off(),
+            DaemonEvent::SessionStarted => {
+                let now = self.now_ms();
+                self.pattern.session(SessionLights::Verifying, now);
+                self.show(self.pattern.lights(now))
+            }
+            DaemonEvent::SessionEnded(end) => {
+                let now = self.now_ms();
+                let until_ms = now + SESSION_HOLD.as_millis() as u64;
+                let lights = match end.outcome.decision {
+                    Decision::Verified => SessionLights::Verified { until_ms },
+                    Decision::Rejected => SessionLights::Rejected { until_ms },
+                };
+                self.pattern.session(lights, now);
+                self.show(self.pattern.lights(now))
+            }
             _ => Ok(()),
         }
     }
@@ -481,6 +539,35 @@ mod tests {
         );
         p.verdict(Label::NoFace, 5000);
         assert_eq!(p.lights(5000), Lights::default());
+    }
+
+    #[test]
+    fn a_session_blinks_green_then_holds_its_decision_over_the_verdict() {
+        let mut p = Pattern::default();
+        p.verdict(Label::Fake, 0);
+        p.session(SessionLights::Verifying, 1000);
+        let blinks: Vec<bool> = (0..4)
+            .map(|i| p.lights(1000 + i * BLINK_MS).green)
+            .collect();
+        assert_eq!(blinks, [true, false, true, false]);
+        assert!(
+            !p.lights(1000).red,
+            "the live verdict waits while a session runs"
+        );
+        p.session(SessionLights::Rejected { until_ms: 5000 }, 2000);
+        assert!(p.lights(2000).red && p.lights(2000).buzzer);
+        assert!(!p.lights(2000 + BEEP_MS).buzzer);
+        assert!(p.lights(4999).red && !p.lights(4999).green);
+        // Held time over: the live verdict (FAKE) again, no second beep.
+        p.session(SessionLights::Verified { until_ms: 7000 }, 6000);
+        assert!(p.lights(6000).green && !p.lights(6000).buzzer);
+        assert_eq!(
+            p.lights(7000),
+            Lights {
+                red: true,
+                ..Lights::default()
+            }
+        );
     }
 
     #[test]

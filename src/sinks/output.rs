@@ -36,6 +36,10 @@ pub enum DaemonEvent {
     SessionEnded(Box<SessionEnd>),
 }
 
+/// How long a session's decision stays on the screen and the LEDs before the live verdict
+/// returns.
+pub const SESSION_HOLD: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// How a verification session ended, for the outputs (records keep it, the screen and LEDs
 /// show it).
 #[derive(Clone, Debug, PartialEq)]
