@@ -176,6 +176,61 @@ pub fn crop_resize_into(
     }
 }
 
+/// `crop_resize_into` with the frame mirrored past its edges (numpy's "reflect", OpenCV's
+/// BORDER_REFLECT_101) instead of black: what presentation-attack models were trained with,
+/// whose cue is the texture around the face, which black bars would fake.
+pub fn crop_resize_reflect_into(
+    frame: &Frame,
+    region: Region,
+    out_w: usize,
+    out_h: usize,
+    colour: Colour,
+    norm: Normalise,
+    out: &mut [f32],
+) {
+    // The resize's taps reach a few pixels past the region: those must be frame (or mirror)
+    // pixels too, so the fast path needs the region plus that margin inside the frame.
+    let margin = region
+        .width
+        .div_ceil(out_w)
+        .max(region.height.div_ceil(out_h))
+        + 2;
+    let m = margin as i64;
+    let inside = region.x0 - m >= 0
+        && region.y0 - m >= 0
+        && region.x0 + m + region.width as i64 <= frame.width as i64
+        && region.y0 + m + region.height as i64 <= frame.height as i64;
+    if inside {
+        return crop_resize_into(frame, region, out_w, out_h, colour, norm, out);
+    }
+    let mirror = |i: i64, n: usize| -> usize {
+        if n == 1 {
+            return 0;
+        }
+        let period = 2 * (n as i64 - 1);
+        let i = i.abs() % period;
+        (if i >= n as i64 { period - i } else { i }) as usize
+    };
+    let (w, h) = (region.width + 2 * margin, region.height + 2 * margin);
+    let mut rgb = Vec::with_capacity(w * h * 3);
+    for y in 0..h {
+        let sy = mirror(region.y0 - m + y as i64, frame.height);
+        for x in 0..w {
+            let sx = mirror(region.x0 - m + x as i64, frame.width);
+            let i = (sy * frame.width + sx) * 3;
+            rgb.extend_from_slice(&frame.rgb[i..i + 3]);
+        }
+    }
+    let padded = Frame::new(w, h, rgb);
+    let whole = Region {
+        x0: m,
+        y0: m,
+        width: region.width,
+        height: region.height,
+    };
+    crop_resize_into(&padded, whole, out_w, out_h, colour, norm, out)
+}
+
 /// Where a frame sits inside a square detector input after letterboxing.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Letterbox {

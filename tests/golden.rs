@@ -312,3 +312,98 @@ fn identity_alignment_and_embedding_match_the_tools() {
         "end-to-end embedding cosine {cos}"
     );
 }
+
+/// Passive PAD: the mirrored crop against models/tools/pad.py, and the models in ../shared
+/// (never committed) against onnxruntime's logits on it; both known files pass the PAD
+/// manifest's sha256 check. Tolerances are in pad.json.
+#[test]
+fn pad_crop_and_models_match_the_tools() {
+    use veriface::face::Detection;
+    use veriface::frame::{crop_resize_reflect_into, Colour, Normalise, Region};
+    use veriface::liveness::PadModel;
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden_dir().join("pad.json")).unwrap())
+            .unwrap();
+    let tol = |k: &str| golden["tolerance"][k].as_f64().unwrap() as f32;
+    let img = read_image(&repo().join("samples/astronaut.png")).unwrap();
+    let pad_manifest = Manifest::load(&repo().join("models/pad.toml")).unwrap();
+    let backend = TractBackend::new(1);
+    let pad_dir = common::shared().join("models/pad");
+    let models: Vec<(String, PadModel)> = pad_manifest
+        .models
+        .iter()
+        .map(|(key, spec)| {
+            let m = PadModel::load(&backend, &pad_manifest, &pad_dir.join(&spec.file))
+                .unwrap_or_else(|e| panic!("{key}: {e:#}"));
+            assert_eq!(&m.key, key);
+            (key.clone(), m)
+        })
+        .collect();
+    assert_eq!(models.len(), 2);
+    for (name, case) in golden["cases"].as_object().unwrap() {
+        let r: Vec<i64> = serde_json::from_value(case["region"].clone()).unwrap();
+        let region = Region {
+            x0: r[0],
+            y0: r[1],
+            width: r[2] as usize,
+            height: r[2] as usize,
+        };
+        let mut data = vec![0f32; 3 * 128 * 128];
+        let norm = Normalise {
+            mean: 0.0,
+            std: 255.0,
+        };
+        crop_resize_reflect_into(&img, region, 128, 128, Colour::Rgb, norm, &mut data);
+        let (_, want) = read_npy(&golden_dir().join(case["input"].as_str().unwrap()));
+        let excess = max_excess(&data, &want, 0.0);
+        assert!(
+            excess <= tol("input_abs"),
+            "{name}: PAD crop differs by {excess}"
+        );
+        let input = Tensor::new(vec![1, 3, 128, 128], data);
+        for (key, model) in &models {
+            let got = model.logits(&input).unwrap();
+            let want: Vec<f32> = serde_json::from_value(case["logits"][key].clone()).unwrap();
+            let allowed = if key.contains("int8") {
+                tol("int8_logit_abs")
+            } else {
+                tol("logit_abs")
+            };
+            let excess = max_excess(&got, &want, 0.0);
+            assert!(
+                excess <= allowed,
+                "{name}/{key}: logits {got:?} vs {want:?}"
+            );
+        }
+    }
+    // The face box route lands on the same crop as the tools' region.
+    let b: Vec<f64> =
+        serde_json::from_value(golden_json()["detections"]["face_short"][0]["box"].clone())
+            .unwrap();
+    let det = Detection {
+        bbox: face::BoxF {
+            xmin: b[0],
+            ymin: b[1],
+            xmax: b[2],
+            ymax: b[3],
+        },
+        score: 1.0,
+        keypoints: [(0.0, 0.0); 6],
+    };
+    let (_, want) = read_npy(&golden_dir().join("pad_inside_input.npy"));
+    let input = models[0].1.input(&img, &det);
+    assert!(max_excess(&input.data, &want, 0.0) <= tol("input_abs"));
+    assert!(models[0].1.live_probability(&img, &det).unwrap() > 0.5);
+    // A file that is not a known PAD model is refused, naming it.
+    let err = PadModel::load(
+        &backend,
+        &pad_manifest,
+        &repo().join("models/face_landmark.onnx"),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        format!("{err:#}").contains("is not a PAD model known to"),
+        "{err:#}"
+    );
+}
