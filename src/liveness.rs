@@ -144,6 +144,48 @@ pub struct PassiveCheck {
     pub threshold: f32,
 }
 
+/// `[liveness]` in the daemon's config: which checks join a verification session.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LivenessConfig {
+    /// PAD model files (each must match an entry of models/pad.toml); several are fused by the
+    /// mean of their live probabilities. Empty: no passive check.
+    pub pad_models: Vec<String>,
+    /// Live at or above this fused probability.
+    pub pad_threshold: f32,
+}
+
+impl Default for LivenessConfig {
+    fn default() -> Self {
+        LivenessConfig {
+            pad_models: Vec::new(),
+            pad_threshold: DEFAULT_THRESHOLD,
+        }
+    }
+}
+
+impl LivenessConfig {
+    pub fn passive(&self) -> PassiveSettings {
+        PassiveSettings {
+            models: self.pad_models.iter().map(PathBuf::from).collect(),
+            threshold: Some(self.pad_threshold),
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.pad_threshold) {
+            bail!(
+                "liveness.pad_threshold = {}: within 0..1",
+                self.pad_threshold
+            );
+        }
+        if self.pad_models.iter().any(|p| p.is_empty()) {
+            bail!("liveness.pad_models: an empty path");
+        }
+        Ok(())
+    }
+}
+
 /// What to load for the passive check.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PassiveSettings {

@@ -14,6 +14,7 @@ use crate::face::{square_region, Detection, DetectorRange, FaceDetector, Presenc
 use crate::frame::{crop_resize_into, Colour, Frame, Normalise};
 use crate::identity::{Embedder, Embedding};
 use crate::infer::{open_backend, Backend, BackendChoice, Model};
+use crate::liveness::{PassiveCheck, PassiveSettings};
 use crate::manifest::Manifest;
 use crate::source::TimedFrame;
 use crate::verdict::session::{Observation, Outcome as SessionOutcome, Session, SessionConfig};
@@ -44,6 +45,8 @@ pub struct EngineConfig {
     pub schedule: Schedule,
     /// Load the face embedding model (and its aligner) for 1:1 verification.
     pub identity: bool,
+    /// Passive PAD models (operator-installed files) for verification sessions; none: off.
+    pub passive: PassiveSettings,
 }
 
 /// Which frames run which models: the realtime pipeline's savings. `Schedule::EVERY_FRAME`
@@ -109,6 +112,7 @@ impl Default for EngineConfig {
             threads: 1,
             schedule: Schedule::EVERY_FRAME,
             identity: false,
+            passive: PassiveSettings::default(),
         }
     }
 }
@@ -120,6 +124,8 @@ pub struct Engine {
     pub analyzer: Analyzer,
     /// The embedding model and its aligner, when `config.identity` asked for them.
     pub identity: Option<Embedder>,
+    /// The passive liveness check, when PAD models are configured.
+    pub passive: Option<PassiveCheck>,
     pub config: EngineConfig,
     /// The verdict settings in force: the configured ones, or the deepfake model's.
     pub verdict: VerdictConfig,
@@ -217,12 +223,14 @@ impl Engine {
             true => Some(Embedder::load(&backend, &manifest)?),
             false => None,
         };
+        let passive = PassiveCheck::load(&backend, &manifest, &config.passive)?;
         let providers = backend.seen.take();
         Ok(Engine {
             manifest,
             detector,
             analyzer,
             identity,
+            passive,
             config,
             verdict,
             backend: backend_summary(&providers),
@@ -677,6 +685,7 @@ impl Engine {
             session: Session::new(SessionConfig {
                 match_threshold,
                 deepfake_threshold: self.verdict.threshold,
+                liveness_threshold: self.passive.as_ref().map(|p| p.threshold),
                 min_frames: min_frames.max(1),
             }),
             models,
@@ -709,6 +718,9 @@ impl VerifySession {
             obs.match_score = Some(self.reference.similarity(&embedding));
             obs.self_similarity = self.anchor.as_ref().map(|a| a.similarity(&embedding));
             obs.deepfake = face.analysis.deepfake;
+            if let Some(passive) = &engine.passive {
+                obs.live = Some(passive.live_probability(&tf.frame, &det)?);
+            }
             if self.anchor.is_none() {
                 self.anchor = Some(embedding);
             }

@@ -159,6 +159,8 @@ fn session_records() -> Vec<Record> {
                 match_threshold: 5405,
                 deepfake_prob: Some(12),
                 deepfake_threshold: 9994,
+                live_prob: Some(9871),
+                live_threshold: Some(5000),
                 frames: 5,
                 duration_ms: 640,
                 model: 0x87aa_cfe0,
@@ -174,6 +176,8 @@ fn session_records() -> Vec<Record> {
                 match_threshold: 5405,
                 deepfake_prob: Some(9999),
                 deepfake_threshold: 9994,
+                live_prob: None,
+                live_threshold: None,
                 frames: 5,
                 duration_ms: 710,
                 model: 0x87aa_cfe0,
@@ -308,6 +312,7 @@ fn record() -> impl Strategy<Value = Record> {
         Just(Reason::IdentityChanged),
         Just(Reason::NoFace),
         Just(Reason::Timeout),
+        Just(Reason::Liveness),
     ];
     let session = (
         any::<bool>(),
@@ -316,10 +321,11 @@ fn record() -> impl Strategy<Value = Record> {
         any::<i16>(),
         proptest::option::of(0u16..=10000),
         (0u16..=10000, any::<u16>(), any::<u32>(), any::<u32>()),
+        proptest::option::of((0u16..=10000, 0u16..=10000)),
         proptest::option::of((0.0001f32..1.0, proptest::collection::vec(any::<i8>(), 512))),
     )
         .prop_map(
-            |(verified, reasons, m, mt, d, (dt, frames, duration_ms, model), e)| {
+            |(verified, reasons, m, mt, d, (dt, frames, duration_ms, model), live, e)| {
                 Event::Session(SessionRecord {
                     verified,
                     reasons: reasons.into_iter().collect(),
@@ -327,6 +333,8 @@ fn record() -> impl Strategy<Value = Record> {
                     match_threshold: mt,
                     deepfake_prob: d,
                     deepfake_threshold: dt,
+                    live_prob: live.map(|l| l.0),
+                    live_threshold: live.map(|l| l.1),
                     frames,
                     duration_ms,
                     model,

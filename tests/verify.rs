@@ -226,3 +226,135 @@ fn eval_verify_counts_pairs_and_reports_the_error_rates() {
     assert!(op["fmr"].as_f64().unwrap() <= 1.0 && op["fnmr"].as_f64().unwrap() <= 1.0);
     assert!(r["genuine_mean"].as_f64().unwrap() > r["impostor_mean"].as_f64().unwrap());
 }
+
+fn pad_model() -> PathBuf {
+    shared().join("models/pad/minifasnetv2se_128_celebaspoof.onnx")
+}
+
+/// A crude print of a photo, made here: ink range, a paper border, half size on a grey wall.
+fn printed(img: &RgbImage) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let small = imageops::resize(img, w / 2, h / 2, imageops::FilterType::Triangle);
+    let mut paper = RgbImage::from_pixel(w / 2 + 40, h / 2 + 40, image::Rgb([235, 230, 215]));
+    let mut ink = small.clone();
+    for p in ink.pixels_mut() {
+        for c in p.0.iter_mut() {
+            *c = (25.0 + *c as f32 * (210.0 / 255.0)) as u8;
+        }
+    }
+    imageops::replace(&mut paper, &ink, 20, 20);
+    let mut wall = RgbImage::from_pixel(w, h, image::Rgb([90, 90, 95]));
+    imageops::replace(&mut wall, &paper, (w / 4) as i64 - 20, (h / 4) as i64 - 20);
+    wall
+}
+
+#[test]
+fn passive_liveness_joins_the_decision_consistently() {
+    let dir = scratch("pad");
+    let reference = faces().join("deepface_testset/deepface_img1.jpg");
+    let photo = image::open(faces().join("deepface_testset/deepface_img2.jpg"))
+        .unwrap()
+        .to_rgb8();
+    let print = dir.join("print.png");
+    printed(&photo).save(&print).unwrap();
+    for source in [faces().join("deepface_testset/deepface_img2.jpg"), print] {
+        let json = dir.join("r.json");
+        let o = verify(&[
+            "--reference",
+            s(&reference),
+            "--source",
+            s(&source),
+            "--pad-model",
+            s(&pad_model()),
+            "--json",
+            s(&json),
+        ]);
+        assert!(matches!(o.status.code(), Some(0 | 2)), "{}", text(&o));
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let passive = &v["liveness"]["passive"];
+        let (score, threshold) = (
+            passive["score"].as_f64().unwrap(),
+            passive["threshold"].as_f64().unwrap(),
+        );
+        assert!((0.0..=1.0).contains(&score), "{v}");
+        assert_eq!(threshold, 0.5);
+        let accepted = passive["accepted"].as_bool().unwrap();
+        assert_eq!(accepted, score >= threshold, "{v}");
+        assert_eq!(v["liveness"]["accepted"], accepted);
+        let reasons: Vec<&str> = v["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap())
+            .collect();
+        assert_eq!(reasons.contains(&"liveness"), !accepted, "{v}");
+        assert!(text(&o).contains("(passive PAD)"), "{}", text(&o));
+    }
+    // A model file that is not a known PAD model: one error line naming it.
+    let o = verify(&[
+        "--reference",
+        s(&reference),
+        "--source",
+        s(&reference),
+        "--pad-model",
+        "models/face_landmark.onnx",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("models/face_landmark.onnx: sha256"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn eval_pad_reports_per_species_and_the_bpcer_threshold() {
+    // live/: four photos; attack/print/: the same four, printed (made here).
+    let dir = scratch("padeval");
+    std::fs::create_dir_all(dir.join("live")).unwrap();
+    std::fs::create_dir_all(dir.join("attack/print")).unwrap();
+    for i in [1, 2, 4, 5] {
+        let src = faces().join(format!("deepface_testset/deepface_img{i}.jpg"));
+        std::os::unix::fs::symlink(&src, dir.join(format!("live/{i}.jpg"))).unwrap();
+        let img = image::open(&src).unwrap().to_rgb8();
+        printed(&img)
+            .save(dir.join(format!("attack/print/{i}.png")))
+            .unwrap();
+    }
+    let json = dir.join("pad.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_veriface"))
+        .args([
+            "eval",
+            "--task",
+            "pad",
+            s(&dir),
+            "--pad-model",
+            s(&pad_model()),
+        ])
+        .args(["--json", s(&json)])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("species"), "{}", text(&o));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["metrics"]["real"], 4);
+    assert_eq!(r["metrics"]["fake"], 4);
+    assert_eq!(r["species"].as_array().unwrap().len(), 1);
+    assert_eq!(r["species"][0]["species"], "print");
+    assert!(r["at_bpcer5"]["false_fake"].as_u64().unwrap() == 0, "{r}");
+    let acer = r["acer"].as_f64().unwrap();
+    let expected =
+        (r["apcer_worst"].as_f64().unwrap() + r["metrics"]["bpcer"].as_f64().unwrap()) / 2.0;
+    assert!((acer - expected).abs() < 1e-12);
+    // Without a model: one clear error.
+    let o = Command::new(env!("CARGO_BIN_EXE_veriface"))
+        .args(["eval", "--task", "pad", s(&dir)])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--pad-model"));
+}

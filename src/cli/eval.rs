@@ -16,8 +16,10 @@ use veriface::eval::{self, metrics, plots, verify, EvalOptions, EvalReport, Outc
 
 pub(crate) fn eval(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
     check_threshold(args.threshold)?;
-    if args.task == EvalTask::Verify {
-        return verify(cli, args);
+    match args.task {
+        EvalTask::Verify => return verify(cli, args),
+        EvalTask::Pad => return pad(cli, args),
+        EvalTask::Deepfake => {}
     }
     let [dir] = args.dirs.as_slice() else {
         anyhow::bail!(
@@ -54,6 +56,57 @@ pub(crate) fn eval(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
     print!("{}", report.render());
     if let Some(dir) = &args.plots {
         write_plots(&report, threshold, dir)?;
+    }
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    Ok(if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `--task pad`: passive presentation-attack detection on live/ and attack/ media.
+fn pad(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
+    let [dir] = args.dirs.as_slice() else {
+        anyhow::bail!(
+            "--task pad reads one folder (with live/ and attack/), got {}",
+            args.dirs.len()
+        );
+    };
+    if args.pad_models.is_empty() {
+        anyhow::bail!("--task pad needs --pad-model FILE (repeat to fuse several)");
+    }
+    if !(0.0..=1.0).contains(&args.pad_threshold) {
+        anyhow::bail!("--pad-threshold {}: within 0..1", args.pad_threshold);
+    }
+    let items = eval::pad::collect(dir)?;
+    let mut config = engine_config(cli, args.detector, None);
+    config.passive = veriface::liveness::PassiveSettings {
+        models: args.pad_models.clone(),
+        threshold: Some(args.pad_threshold),
+    };
+    let opts = eval::pad::PadEvalOptions {
+        every: args.every,
+        max_frames: args.max_frames.unwrap_or(10),
+        jobs: args.jobs as usize,
+    };
+    let scores = eval::pad::score_all(&config, &items, &opts, &progress_bar("items"))?;
+    let report = eval::pad::report(scores, 1.0 - args.pad_threshold)?;
+    print!("{}", report.render());
+    if let Some(dir) = &args.plots {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create plot folder", dir.display()))?;
+        let all = eval::pad::scored(&report.items);
+        plots::roc_plot(&[("item", &all, report.metrics.auc)], &dir.join("roc.png"))?;
+        plots::histogram_plot(
+            &[("attack probability", &all)],
+            report.threshold,
+            &dir.join("histograms.png"),
+        )?;
     }
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;

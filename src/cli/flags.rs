@@ -123,12 +123,20 @@ pub(crate) enum ConfigCommand {
 #[derive(clap::Args)]
 pub(crate) struct EvalArgs {
     /// deepfake: a folder with real/ and fake/ sub-folders (any depth). verify: CSVs (path and
-    /// identity columns, optional group and label) or folders with one sub-folder per person
+    /// identity columns, optional group and label) or folders with one sub-folder per person.
+    /// pad: a folder with live/ and attack/ (attack/<species>/ reported per species)
     #[arg(required = true, num_args = 1.., value_name = "DIR")]
     pub(crate) dirs: Vec<PathBuf>,
-    /// What to measure: the deepfake detector, or 1:1 face verification (FMR, FNMR, EER)
+    /// What to measure: the deepfake detector, 1:1 face verification (FMR, FNMR, EER), or
+    /// passive presentation-attack detection (DIR with live/ and attack/: APCER, BPCER, ACER)
     #[arg(long, value_enum, default_value_t = EvalTask::Deepfake)]
     pub(crate) task: EvalTask,
+    /// pad: a PAD model file (repeat to fuse several)
+    #[arg(long = "pad-model", value_name = "FILE")]
+    pub(crate) pad_models: Vec<PathBuf>,
+    /// pad: live at or above this fused live probability
+    #[arg(long, default_value_t = veriface::liveness::DEFAULT_THRESHOLD, value_name = "P")]
+    pub(crate) pad_threshold: f32,
     /// verify: seconds between the frames sampled from one video (and the least gap of a
     /// genuine pair within one video)
     #[arg(long, default_value_t = 5.0, value_name = "S")]
@@ -205,6 +213,13 @@ pub(crate) struct VerifyArgs {
     /// Deepfake threshold on the fake probability [default: the deepfake model's]
     #[arg(long)]
     pub(crate) threshold: Option<f32>,
+    /// Passive liveness: a PAD model file (repeat to fuse several; each must match
+    /// models/pad.toml)
+    #[arg(long = "pad-model", value_name = "FILE")]
+    pub(crate) pad_models: Vec<PathBuf>,
+    /// Live at or above this fused PAD probability
+    #[arg(long, default_value_t = veriface::liveness::DEFAULT_THRESHOLD, value_name = "P")]
+    pub(crate) pad_threshold: f32,
     /// Face detector: short (within ~2 m), full range (up to ~5 m), or auto
     #[arg(long, value_enum, default_value_t = DetectorRange::Auto)]
     pub(crate) detector: DetectorRange,
@@ -214,6 +229,7 @@ pub(crate) struct VerifyArgs {
 pub(crate) enum EvalTask {
     Deepfake,
     Verify,
+    Pad,
 }
 
 #[derive(clap::Args)]

@@ -26,6 +26,9 @@ pub(crate) fn verify(cli: &Cli, args: &VerifyArgs) -> Result<ExitCode> {
             anyhow::bail!("--match-threshold {t}: a cosine similarity within -1..1");
         }
     }
+    if !(0.0..=1.0).contains(&args.pad_threshold) {
+        anyhow::bail!("--pad-threshold {}: within 0..1", args.pad_threshold);
+    }
     if args.timeout.is_nan() || args.timeout <= 0.0 {
         anyhow::bail!("--timeout {}: must be above 0 s", args.timeout);
     }
@@ -36,6 +39,10 @@ pub(crate) fn verify(cli: &Cli, args: &VerifyArgs) -> Result<ExitCode> {
         .with_context(|| format!("reference {}", args.reference.display()))?;
     let mut config = engine_config(cli, args.detector, args.threshold);
     config.identity = true;
+    config.passive = veriface::liveness::PassiveSettings {
+        models: args.pad_models.clone(),
+        threshold: Some(args.pad_threshold),
+    };
     let engine = Engine::load(config)?;
     let enrolled = engine
         .enroll(&reference)
@@ -135,7 +142,10 @@ fn render(result: &VerifyResult) -> String {
     };
     s += &format!("match       {}\n", component(&o.matched));
     s += &format!("deepfake    {}\n", component(&o.deepfake));
-    s += "liveness    not checked (no liveness checks installed)\n";
+    match o.liveness.as_ref().and_then(|l| l.passive.as_ref()) {
+        Some(passive) => s += &format!("liveness    {} (passive PAD)\n", component(passive)),
+        None => s += "liveness    not checked (no PAD model configured: --pad-model)\n",
+    }
     s += &format!("frames      {} in {:.1} s\n", o.frames, result.duration_s);
     s
 }

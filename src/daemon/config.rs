@@ -16,6 +16,7 @@ pub use crate::sinks::leds::LedConfig;
 pub use crate::sinks::records::RecordsConfig;
 // The local API's section: defined by the API that reads it.
 pub use crate::api::ApiConfig;
+pub use crate::liveness::LivenessConfig;
 // The realtime schedule is the pipeline's; the daemon makes it its default.
 use crate::pipeline::Schedule;
 pub use crate::pipeline::DAEMON_SCHEDULE;
@@ -40,6 +41,8 @@ pub struct Config {
     pub watchdog: WatchdogConfig,
     pub privacy: PrivacyConfig,
     pub api: ApiConfig,
+    /// Liveness checks in verification sessions.
+    pub liveness: LivenessConfig,
     pub onnxruntime: crate::infer::accel::OrtOptions,
 }
 
@@ -118,6 +121,7 @@ impl Default for Config {
             watchdog: WatchdogConfig::default(),
             privacy: PrivacyConfig::default(),
             api: ApiConfig::default(),
+            liveness: LivenessConfig::default(),
             onnxruntime: Default::default(),
         }
     }
@@ -282,6 +286,7 @@ impl Config {
             self.onnxruntime.validate()?;
         }
         self.api.validate()?;
+        self.liveness.validate()?;
         if self.verdict.needs_model_threshold() {
             bail!("verdict: fake_enter, fake_exit, real_enter and real_exit need `threshold` set too (the band surrounds it)");
         }

@@ -63,6 +63,10 @@ pub(super) fn engine_config(cfg: &Config) -> Result<EngineConfig> {
         schedule: cfg.schedule(),
         // Verification sessions need the embedding model; without the API it stays unloaded.
         identity: cfg.api.enabled,
+        passive: match cfg.api.enabled {
+            true => cfg.liveness.passive(),
+            false => Default::default(),
+        },
         ..EngineConfig::default()
     })
 }

@@ -3,6 +3,7 @@
 //! operating threshold, EER, AUC) and every file without a face or unreadable listed.
 
 pub mod metrics;
+pub mod pad;
 pub mod plots;
 pub mod verify;
 

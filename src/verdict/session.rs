@@ -20,6 +20,8 @@ pub struct SessionConfig {
     pub match_threshold: f32,
     /// Reject as a deepfake at or above this fake probability (the deepfake model's).
     pub deepfake_threshold: f32,
+    /// Passive liveness: live at or above this probability; None when no PAD model is on.
+    pub liveness_threshold: Option<f32>,
     /// Single-face frames needed for a decision.
     pub min_frames: usize,
 }
@@ -36,6 +38,8 @@ pub struct Observation {
     pub self_similarity: Option<f32>,
     /// The face's frame-level fake probability.
     pub deepfake: Option<f32>,
+    /// The face's live probability from the passive PAD models.
+    pub live: Option<f32>,
 }
 
 /// Why a session was rejected; the JSON names are the API's. Records store the variant's
@@ -49,6 +53,8 @@ pub enum Reason {
     IdentityChanged,
     NoFace,
     Timeout,
+    /// A liveness check failed (a print, a screen, a mask, an injected feed).
+    Liveness,
 }
 
 impl Reason {
@@ -60,6 +66,7 @@ impl Reason {
             Reason::IdentityChanged => "identity_changed",
             Reason::NoFace => "no_face",
             Reason::Timeout => "timeout",
+            Reason::Liveness => "liveness",
         }
     }
 }
@@ -87,10 +94,18 @@ pub struct Outcome {
     #[serde(rename = "match")]
     pub matched: Component,
     pub deepfake: Component,
-    /// The liveness checks' object once they exist; null until then.
-    pub liveness: Option<serde_json::Value>,
+    /// The liveness checks that are on; null when none is.
+    pub liveness: Option<Liveness>,
     /// Single-face frames the decision rests on.
     pub frames: usize,
+}
+
+/// The liveness checks' results: each null when that check is not configured.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Liveness {
+    /// Passive PAD: the median fused live probability.
+    pub passive: Option<Component>,
+    pub accepted: bool,
 }
 
 /// Per-session state.
@@ -99,6 +114,7 @@ pub struct Session {
     cfg: SessionConfig,
     matches: Vec<f32>,
     deepfakes: Vec<f32>,
+    lives: Vec<f32>,
     frames_seen: usize,
     failed: Option<Reason>,
 }
@@ -109,6 +125,7 @@ impl Session {
             cfg,
             matches: Vec::new(),
             deepfakes: Vec::new(),
+            lives: Vec::new(),
             frames_seen: 0,
             failed: None,
         }
@@ -141,6 +158,9 @@ impl Session {
         self.matches.push(score);
         if let Some(p) = obs.deepfake {
             self.deepfakes.push(p);
+        }
+        if let Some(p) = obs.live {
+            self.lives.push(p);
         }
         (self.matches.len() >= self.cfg.min_frames).then(|| self.decide())
     }
@@ -178,6 +198,19 @@ impl Session {
             threshold: self.cfg.deepfake_threshold,
             accepted: deepfake.is_none_or(|p| p < self.cfg.deepfake_threshold),
         };
+        // A configured check with no frame to judge does not pass.
+        let liveness = self.cfg.liveness_threshold.map(|threshold| {
+            let live = median(&self.lives);
+            let passive = Component {
+                score: live,
+                threshold,
+                accepted: live.is_some_and(|p| p >= threshold),
+            };
+            Liveness {
+                accepted: passive.accepted,
+                passive: Some(passive),
+            }
+        });
         let mut reasons = Vec::new();
         if let Some(r) = self.failed {
             reasons.push(r);
@@ -188,6 +221,9 @@ impl Session {
         if !deepfake.accepted {
             reasons.push(Reason::Deepfake);
         }
+        if !self.matches.is_empty() && liveness.as_ref().is_some_and(|l| !l.accepted) {
+            reasons.push(Reason::Liveness);
+        }
         Outcome {
             decision: match reasons.is_empty() {
                 true => Decision::Verified,
@@ -196,7 +232,7 @@ impl Session {
             reasons,
             matched,
             deepfake,
-            liveness: None,
+            liveness,
             frames: self.matches.len(),
         }
     }
@@ -214,6 +250,7 @@ mod tests {
         Session::new(SessionConfig {
             match_threshold: 0.4,
             deepfake_threshold: 0.9,
+            liveness_threshold: None,
             min_frames,
         })
     }
@@ -264,6 +301,34 @@ mod tests {
         s.observe(&face(0.7, 0.1, None));
         let out = s.observe(&face(0.7, 0.1, Some(0.1))).unwrap();
         assert_eq!(out.reasons, vec![Reason::IdentityChanged]);
+    }
+
+    #[test]
+    fn a_configured_liveness_check_joins_the_decision() {
+        let mut s = Session::new(SessionConfig {
+            liveness_threshold: Some(0.5),
+            ..session(2).cfg
+        });
+        let live = |p: f32| Observation {
+            live: Some(p),
+            ..face(0.7, 0.1, Some(0.9))
+        };
+        s.observe(&live(0.1));
+        let out = s.observe(&live(0.2)).unwrap();
+        assert_eq!(out.reasons, vec![Reason::Liveness]);
+        let l = out.liveness.unwrap();
+        assert!(!l.accepted && l.passive.unwrap().score.unwrap() < 0.5);
+        let mut s = Session::new(SessionConfig {
+            liveness_threshold: Some(0.5),
+            ..session(1).cfg
+        });
+        assert_eq!(s.observe(&live(0.9)).unwrap().decision, Decision::Verified);
+        // Without the check there is no liveness object at all.
+        assert!(session(1)
+            .observe(&face(0.7, 0.1, None))
+            .unwrap()
+            .liveness
+            .is_none());
     }
 
     #[test]

@@ -75,6 +75,10 @@ pub struct SessionRecord {
     /// Fake probability and threshold in 1/10000.
     pub deepfake_prob: Option<u16>,
     pub deepfake_threshold: u16,
+    /// Passive liveness: the fused live probability and its threshold in 1/10000; None when no
+    /// PAD model was on.
+    pub live_prob: Option<u16>,
+    pub live_threshold: Option<u16>,
     /// Single-face frames the decision rests on, and the session's length.
     pub frames: u16,
     pub duration_ms: u32,

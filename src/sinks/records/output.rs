@@ -42,6 +42,16 @@ fn session_record(end: &SessionEnd) -> SessionRecord {
         match_threshold: ten_thousandths(o.matched.threshold),
         deepfake_prob: prob(o.deepfake.score),
         deepfake_threshold: prob(Some(o.deepfake.threshold)).unwrap_or(0),
+        live_prob: o
+            .liveness
+            .as_ref()
+            .and_then(|l| l.passive)
+            .and_then(|c| prob(c.score)),
+        live_threshold: o
+            .liveness
+            .as_ref()
+            .and_then(|l| l.passive)
+            .and_then(|c| prob(Some(c.threshold))),
         frames: o.frames.min(u16::MAX as usize) as u16,
         duration_ms: (end.duration_s.max(0.0) * 1000.0).min(u32::MAX as f64) as u32,
         model: u32::from_be_bytes([p[0], p[1], p[2], p[3]]),
@@ -177,5 +187,50 @@ impl Output for RecordsOutput {
 
     fn shutdown(&mut self) -> Result<()> {
         self.writer.flush(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verdict::session::{Component, Liveness, Outcome, Reason};
+
+    #[test]
+    fn a_session_record_keeps_scores_reasons_and_liveness_and_the_embedding_only_if_given() {
+        let component = |score, threshold, accepted| Component {
+            score: Some(score),
+            threshold,
+            accepted,
+        };
+        let end = SessionEnd {
+            outcome: Outcome {
+                decision: Decision::Rejected,
+                reasons: vec![Reason::Liveness],
+                matched: component(0.81, 0.5405, true),
+                deepfake: component(0.02, 0.9994, true),
+                liveness: Some(Liveness {
+                    passive: Some(component(0.12, 0.5, false)),
+                    accepted: false,
+                }),
+                frames: 5,
+            },
+            duration_s: 0.64,
+            embedding_model: "87aacdfe01".into(),
+            embedding: None,
+        };
+        let r = session_record(&end);
+        assert!(!r.verified);
+        assert_eq!(r.reasons.as_slice(), &[Reason::Liveness]);
+        assert_eq!((r.match_score, r.match_threshold), (Some(8100), 5405));
+        assert_eq!((r.live_prob, r.live_threshold), (Some(1200), Some(5000)));
+        assert_eq!((r.frames, r.duration_ms, r.model), (5, 640, 0x87aa_cdfe));
+        assert!(r.embedding.is_none());
+        let with = SessionEnd {
+            embedding: Some(vec![0.5, -0.25]),
+            ..end
+        };
+        // int8 with the largest magnitude at 127: within half a step (0.5 / 127 / 2).
+        let stored = session_record(&with).embedding.unwrap().values();
+        assert!((stored[0] - 0.5).abs() < 1e-6 && (stored[1] + 0.25).abs() <= 0.5 / 254.0);
     }
 }

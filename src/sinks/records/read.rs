@@ -95,6 +95,8 @@ pub fn to_json(file: &Path, offset: u64, r: &Record) -> serde_json::Value {
                 "deepfake_threshold".into(),
                 p(Some(s.deepfake_threshold)).into(),
             );
+            obj.insert("live_prob".into(), p(s.live_prob).into());
+            obj.insert("live_threshold".into(), p(s.live_threshold).into());
             obj.insert("frames".into(), s.frames.into());
             obj.insert("duration_s".into(), (s.duration_ms as f64 / 1000.0).into());
             obj.insert("model".into(), format!("{:08x}", s.model).into());
@@ -151,9 +153,10 @@ pub fn to_csv(r: &Record) -> String {
             v.push(String::new());
             v.push(String::new());
             v.push(format!(
-                "match={} reasons={} frames={}",
+                "match={} live={} reasons={} frames={}",
                 s.match_score
                     .map_or(String::new(), |m| format!("{:.4}", m as f64 / 10000.0)),
+                p(s.live_prob),
                 reasons.join("+"),
                 s.frames
             ));
