@@ -16,6 +16,8 @@ use crate::frame::{crop_resize_reflect_into, Frame, Normalise};
 use crate::infer::{Backend, Model, Tensor};
 use crate::manifest::{sha256_hex, Manifest, ModelSpec};
 
+pub mod camera;
+
 pub const PAD_TASK: &str = "pad";
 /// The class a PAD model's entry names for a live face.
 const LIVE_CLASS: &str = "live";

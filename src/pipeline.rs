@@ -731,6 +731,11 @@ impl VerifySession {
             .map(|o| self.finish(o, tf.seconds - first)))
     }
 
+    /// The camera check of the device the frames come from.
+    pub fn set_camera(&mut self, check: Option<crate::liveness::camera::CameraCheck>) {
+        self.session.set_camera(check);
+    }
+
     /// Single-face frames so far, and how many a decision needs.
     pub fn progress(&self) -> (usize, usize) {
         (self.session.frames(), self.session.config().min_frames)

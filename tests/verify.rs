@@ -358,3 +358,17 @@ fn eval_pad_reports_per_species_and_the_bpcer_threshold() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--pad-model"));
 }
+
+#[test]
+fn a_missing_or_wrong_camera_is_one_clear_error() {
+    for (device, want) in [
+        ("/dev/video99", "/dev/video99: no such camera"),
+        ("/dev/null", "/dev/null: not a camera"),
+    ] {
+        let o = verify(&["--reference", "samples/astronaut.png", "--camera", device]);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.starts_with(&format!("error: {want}")), "{err}");
+    }
+}

@@ -194,6 +194,9 @@ pub(crate) struct VerifyArgs {
     /// A V4L2 camera: /dev/videoN or part of its name
     #[arg(long, value_name = "DEVICE")]
     pub(crate) camera: Option<String>,
+    /// With --camera: accept a virtual camera (v4l2loopback, vivid): tests only
+    #[arg(long, requires = "camera")]
+    pub(crate) allow_virtual_camera: bool,
     /// Ask the running daemon (`veriface run` with its API on) to verify on its camera
     #[arg(long, value_name = "SOCKET", num_args = 0..=1, default_missing_value = veriface::api::DEFAULT_SOCKET)]
     pub(crate) daemon: Option<PathBuf>,

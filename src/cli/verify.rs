@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use base64::Engine as _;
 
+use veriface::liveness::camera::{CameraCheck, CameraPolicy, CheckedOpener};
 use veriface::pipeline::{Engine, VerifyResult};
 use veriface::source::camera::{LiveSource, PixelFormat, Wanted};
 use veriface::source::v4l2::V4l2Opener;
@@ -51,13 +52,19 @@ pub(crate) fn verify(cli: &Cli, args: &VerifyArgs) -> Result<ExitCode> {
         Some(t) => t,
         None => engine.match_threshold()?,
     };
+    let mut camera_check = None;
     let mut frames: Box<dyn FrameSource> = match (&args.source, &args.camera) {
         (Some(path), _) => source::open(path)?,
-        (None, Some(device)) => Box::new(open_camera(device)?),
+        (None, Some(device)) => {
+            let (camera, check) = open_camera(device, args.allow_virtual_camera)?;
+            camera_check = check;
+            Box::new(camera)
+        }
         (None, None) => unreachable!("clap requires --source or --camera"),
     };
     let mut stream = engine.stream();
     let mut session = engine.verify_session(enrolled, match_threshold, args.min_frames as usize)?;
+    session.set_camera(camera_check);
     let mut watched = 0.0;
     let mut first_seconds = None;
     let result = loop {
@@ -112,8 +119,9 @@ fn finish(args: &VerifyArgs, result: &VerifyResult) -> Result<ExitCode> {
     })
 }
 
-fn open_camera(device: &str) -> Result<LiveSource> {
-    let mut opener = V4l2Opener {
+/// The camera behind the camera-injection checks: a virtual or unexpected camera is one error.
+fn open_camera(device: &str, allow_virtual: bool) -> Result<(LiveSource, Option<CameraCheck>)> {
+    let v4l2 = V4l2Opener {
         device: device.to_string(),
         wanted: Wanted {
             format: PixelFormat::Auto,
@@ -122,7 +130,14 @@ fn open_camera(device: &str) -> Result<LiveSource> {
             fps: 30.0,
         },
     };
-    Ok(LiveSource::open(&mut opener, Duration::from_secs(5))?)
+    let policy = CameraPolicy {
+        allow_virtual,
+        ..Default::default()
+    };
+    let mut opener = CheckedOpener::new(Box::new(v4l2), policy);
+    let source = LiveSource::open(&mut opener, Duration::from_secs(5))?;
+    let check = opener.state.lock().map(|c| c.clone()).unwrap_or(None);
+    Ok((source, check))
 }
 
 /// The decision line, then one line per component.
@@ -145,6 +160,21 @@ fn render(result: &VerifyResult) -> String {
     match o.liveness.as_ref().and_then(|l| l.passive.as_ref()) {
         Some(passive) => s += &format!("liveness    {} (passive PAD)\n", component(passive)),
         None => s += "liveness    not checked (no PAD model configured: --pad-model)\n",
+    }
+    if let Some(c) = o.liveness.as_ref().and_then(|l| l.camera.as_ref()) {
+        let usb = c
+            .usb_id
+            .as_deref()
+            .map_or(String::new(), |u| format!(" usb {u}"));
+        s += &format!(
+            "camera      {} ({}{usb}) {}\n",
+            c.driver,
+            c.card,
+            match &c.reason {
+                Some(why) if !c.accepted => format!("rejected: {why}"),
+                _ => "accepted".into(),
+            }
+        );
     }
     s += &format!("frames      {} in {:.1} s\n", o.frames, result.duration_s);
     s

@@ -16,6 +16,7 @@ pub use crate::sinks::leds::LedConfig;
 pub use crate::sinks::records::RecordsConfig;
 // The local API's section: defined by the API that reads it.
 pub use crate::api::ApiConfig;
+pub use crate::liveness::camera::CameraExpect;
 pub use crate::liveness::LivenessConfig;
 // The realtime schedule is the pipeline's; the daemon makes it its default.
 use crate::pipeline::Schedule;
@@ -59,6 +60,10 @@ pub struct CameraConfig {
     pub timeout_s: f64,
     /// Longest wait between reopen attempts (back-off doubles from 0.5 s up to this).
     pub reopen_max_s: f64,
+    /// Accept virtual cameras (v4l2loopback, vivid...): only for tests, never on a kiosk.
+    pub allow_virtual: bool,
+    /// Pin the one camera this device trusts; a different one is refused.
+    pub expect: CameraExpect,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -137,6 +142,8 @@ impl Default for CameraConfig {
             format: PixelFormat::Auto,
             timeout_s: 5.0,
             reopen_max_s: 30.0,
+            allow_virtual: false,
+            expect: CameraExpect::default(),
         }
     }
 }
@@ -208,6 +215,16 @@ fn positive(name: &str, v: f64) -> Result<()> {
         bail!("{name} = {v}: must be a positive number");
     }
     Ok(())
+}
+
+impl CameraConfig {
+    /// What the camera must be (the camera-injection checks).
+    pub fn policy(&self) -> crate::liveness::camera::CameraPolicy {
+        crate::liveness::camera::CameraPolicy {
+            allow_virtual: self.allow_virtual,
+            expect: self.expect.clone(),
+        }
+    }
 }
 
 impl Config {

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::liveness::camera::{CheckedOpener, SharedCameraCheck};
 use crate::pipeline::EngineConfig;
 use crate::sinks::{self, OutputsConfig};
 use crate::source::camera::{CameraOpener, FileOpener, Supervisor, SupervisorConfig, Wanted};
@@ -101,8 +102,10 @@ pub fn outputs_for(cfg: &Config) -> Vec<Box<dyn Output>> {
     })
 }
 
-fn opener(cfg: &Config, opts: &RunOptions) -> Box<dyn CameraOpener> {
-    match &opts.source {
+/// The camera (behind the camera-injection checks), or the file source; and the shared camera
+/// check verification sessions report.
+fn opener(cfg: &Config, opts: &RunOptions) -> (Box<dyn CameraOpener>, SharedCameraCheck) {
+    let inner: Box<dyn CameraOpener> = match &opts.source {
         Some(path) => Box::new(FileOpener::new(path.clone(), opts.looped, cfg.camera.fps)),
         None => Box::new(V4l2Opener {
             device: cfg.camera.device.clone(),
@@ -113,7 +116,10 @@ fn opener(cfg: &Config, opts: &RunOptions) -> Box<dyn CameraOpener> {
                 fps: cfg.camera.fps,
             },
         }),
-    }
+    };
+    let checked = CheckedOpener::new(inner, cfg.camera.policy());
+    let state = checked.state.clone();
+    (Box::new(checked), state)
 }
 
 /// Apply command-line overrides on top of the config file.
@@ -205,6 +211,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         ),
         false => None,
     };
+    let (camera_opener, camera_check) = opener(&cfg, opts);
     let analysis = spawn_analysis(
         engine_config(&cfg)?,
         latest.clone(),
@@ -216,6 +223,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
             snapshots,
             sessions: session_rx,
             store_embeddings: cfg.privacy.store_embeddings,
+            camera_check,
         },
     );
     // Models first: a broken model set is a start-up error, not a camera loop.
@@ -232,7 +240,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         backoff_max: Duration::from_secs_f64(cfg.camera.reopen_max_s),
         ..SupervisorConfig::default()
     };
-    let sup = Supervisor::new(opener(&cfg, opts), sup_cfg);
+    let sup = Supervisor::new(camera_opener, sup_cfg);
     let source_name = sup.name();
     let (cap_tx, cap_rx) = mpsc::channel();
     let capture = spawn_capture(sup, latest.clone(), stop.clone(), cap_tx);

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use super::{mono_ms, wall_ms};
 use crate::api::{Progress, SessionEvent, SessionRequest};
 use crate::frame::Frame;
+use crate::liveness::camera::SharedCameraCheck;
 use crate::pipeline::{
     Engine, EngineConfig, FrameResult, StageTimings, VerifyResult, VerifySession,
 };
@@ -88,6 +89,8 @@ pub(super) struct Extras {
     pub(super) snapshots: Option<PathBuf>,
     pub(super) sessions: Receiver<SessionRequest>,
     pub(super) store_embeddings: bool,
+    /// The camera-injection check of the open camera, for each session's liveness.
+    pub(super) camera_check: SharedCameraCheck,
 }
 
 /// The session in progress and who asked for it.
@@ -181,10 +184,18 @@ fn session_frame(
     slot: &mut Option<Active>,
     tf: &TimedFrame,
     result: &FrameResult,
-    store_embeddings: bool,
+    extras: &Extras,
     out: &Sender<AnalysisMsg>,
 ) {
+    let store_embeddings = extras.store_embeddings;
     let Some(active) = slot.as_mut() else { return };
+    // The camera as it is now: a timing flag raised mid-session counts.
+    let camera = extras
+        .camera_check
+        .lock()
+        .map(|c| c.clone())
+        .unwrap_or(None);
+    active.session.set_camera(camera);
     match active.session.observe(engine, tf, result) {
         Ok(Some(done)) => {
             let active = slot.take().expect("checked above");
@@ -283,6 +294,13 @@ pub(super) fn spawn_analysis(
                         .is_some_and(|a| Instant::now() >= a.deadline)
                     {
                         let mut a = active.take().expect("checked above");
+                        // A refused camera gives no frames: say why in the liveness object.
+                        let camera = extras
+                            .camera_check
+                            .lock()
+                            .map(|c| c.clone())
+                            .unwrap_or(None);
+                        a.session.set_camera(camera);
                         let done = a.session.timed_out(a.started.elapsed().as_secs_f64());
                         end_session(&engine, a, done, extras.store_embeddings, &out);
                     }
@@ -299,14 +317,7 @@ pub(super) fn spawn_analysis(
                             if let Some(dir) = &extras.snapshots {
                                 save_snapshots(dir, &tf.frame, &result, &mut labels);
                             }
-                            session_frame(
-                                &engine,
-                                &mut active,
-                                &tf,
-                                &result,
-                                extras.store_embeddings,
-                                &out,
-                            );
+                            session_frame(&engine, &mut active, &tf, &result, &extras, &out);
                             let timings = stream.timings.since(&before);
                             let msg = Analysed {
                                 result,

@@ -29,6 +29,23 @@ pub enum CameraError {
     /// A file source reached its end (not an error for `--source` without `--loop`).
     #[error("{0}: end of input")]
     Ended(String),
+    /// The device opened but is not the camera the kiosk trusts (a virtual camera, a swapped
+    /// one): refused, and retried like a missing camera.
+    #[error("{0}: refused: {1}")]
+    Refused(String, String),
+}
+
+/// Who the kernel says a camera is: V4L2 QUERYCAP, and the USB descriptor from sysfs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CameraIdentity {
+    /// The device node it was opened as.
+    pub node: String,
+    pub driver: String,
+    pub card: String,
+    pub bus_info: String,
+    /// `vendor:product` in hex, for a USB camera.
+    pub usb_id: Option<String>,
+    pub serial: Option<String>,
 }
 
 /// One open capture stream.
@@ -37,6 +54,14 @@ pub trait CameraDevice: Send {
     fn read(&mut self, timeout: Duration) -> Result<Option<Frame>, CameraError>;
     /// What was negotiated, for logs and the status file.
     fn describe(&self) -> String;
+    /// Who the device says it is; None for a file source.
+    fn identity(&self) -> Option<CameraIdentity> {
+        None
+    }
+    /// The negotiated frame rate, where there is one.
+    fn fps(&self) -> Option<f64> {
+        None
+    }
 }
 
 /// Opens the configured camera; called again after every loss.

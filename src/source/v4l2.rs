@@ -16,8 +16,8 @@ use v4l::video::Capture;
 use v4l::{Device, FourCC};
 
 use super::camera::{
-    fourcc_str, mjpeg_to_rgb, negotiate, yuyv_to_rgb, CameraDevice, CameraError, CameraOpener,
-    Mode, Wanted, MJPG,
+    fourcc_str, mjpeg_to_rgb, negotiate, yuyv_to_rgb, CameraDevice, CameraError, CameraIdentity,
+    CameraOpener, Mode, Wanted, MJPG,
 };
 use crate::frame::Frame;
 
@@ -148,6 +148,13 @@ impl CameraOpener for V4l2Opener {
                 self.wanted.fps
             );
         }
+        let identity = CameraIdentity {
+            node: name.clone(),
+            driver: caps.driver.clone(),
+            card: caps.card.clone(),
+            bus_info: caps.bus.clone(),
+            ..usb_descriptor(&path)
+        };
         let mut stream = MmapStream::with_buffers(&dev, Type::VideoCapture, 2)
             .map_err(|e| classify(&path, e))?;
         stream.set_timeout(Duration::from_millis(200));
@@ -160,6 +167,8 @@ impl CameraOpener for V4l2Opener {
             height: fmt.height as usize,
             stride: fmt.stride as usize,
             what,
+            identity,
+            fps: f64::from(fps),
         }))
     }
 
@@ -177,6 +186,41 @@ struct V4l2Camera {
     height: usize,
     stride: usize,
     what: String,
+    identity: CameraIdentity,
+    fps: f64,
+}
+
+/// The USB vendor:product and serial of a video node, from sysfs: the node's `device` link
+/// points at the USB interface; its parent holds idVendor, idProduct and serial. Empty for a
+/// camera that is not on USB (CSI, virtual).
+fn usb_descriptor(node: &Path) -> CameraIdentity {
+    let mut out = CameraIdentity::default();
+    let Some(name) = node.file_name() else {
+        return out;
+    };
+    let Ok(mut dir) = std::fs::canonicalize(
+        Path::new("/sys/class/video4linux")
+            .join(name)
+            .join("device"),
+    ) else {
+        return out;
+    };
+    let read = |p: PathBuf| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    for _ in 0..4 {
+        if let (Some(v), Some(p)) = (read(dir.join("idVendor")), read(dir.join("idProduct"))) {
+            out.usb_id = Some(format!("{v}:{p}"));
+            out.serial = read(dir.join("serial")).filter(|s| !s.is_empty());
+            break;
+        }
+        if !dir.pop() {
+            break;
+        }
+    }
+    out
 }
 
 impl CameraDevice for V4l2Camera {
@@ -216,6 +260,14 @@ impl CameraDevice for V4l2Camera {
 
     fn describe(&self) -> String {
         self.what.clone()
+    }
+
+    fn identity(&self) -> Option<CameraIdentity> {
+        Some(self.identity.clone())
+    }
+
+    fn fps(&self) -> Option<f64> {
+        Some(self.fps)
     }
 }
 

@@ -12,6 +12,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::liveness::camera::CameraCheck;
+
 /// What the session needs to decide.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SessionConfig {
@@ -105,6 +107,8 @@ pub struct Outcome {
 pub struct Liveness {
     /// Passive PAD: the median fused live probability.
     pub passive: Option<Component>,
+    /// The camera the frames came from (null for a file source).
+    pub camera: Option<CameraCheck>,
     pub accepted: bool,
 }
 
@@ -115,6 +119,7 @@ pub struct Session {
     matches: Vec<f32>,
     deepfakes: Vec<f32>,
     lives: Vec<f32>,
+    camera: Option<CameraCheck>,
     frames_seen: usize,
     failed: Option<Reason>,
 }
@@ -126,6 +131,7 @@ impl Session {
             matches: Vec::new(),
             deepfakes: Vec::new(),
             lives: Vec::new(),
+            camera: None,
             frames_seen: 0,
             failed: None,
         }
@@ -133,6 +139,11 @@ impl Session {
 
     pub fn config(&self) -> &SessionConfig {
         &self.cfg
+    }
+
+    /// The camera check of the device the frames come from (latest wins).
+    pub fn set_camera(&mut self, check: Option<CameraCheck>) {
+        self.camera = check;
     }
 
     /// Single-face frames so far.
@@ -199,17 +210,19 @@ impl Session {
             accepted: deepfake.is_none_or(|p| p < self.cfg.deepfake_threshold),
         };
         // A configured check with no frame to judge does not pass.
-        let liveness = self.cfg.liveness_threshold.map(|threshold| {
+        let passive = self.cfg.liveness_threshold.map(|threshold| {
             let live = median(&self.lives);
-            let passive = Component {
+            Component {
                 score: live,
                 threshold,
                 accepted: live.is_some_and(|p| p >= threshold),
-            };
-            Liveness {
-                accepted: passive.accepted,
-                passive: Some(passive),
             }
+        });
+        let liveness = (passive.is_some() || self.camera.is_some()).then(|| Liveness {
+            accepted: passive.is_none_or(|p| p.accepted)
+                && self.camera.as_ref().is_none_or(|c| c.accepted),
+            passive,
+            camera: self.camera.clone(),
         });
         let mut reasons = Vec::new();
         if let Some(r) = self.failed {
@@ -318,6 +331,17 @@ mod tests {
         assert_eq!(out.reasons, vec![Reason::Liveness]);
         let l = out.liveness.unwrap();
         assert!(!l.accepted && l.passive.unwrap().score.unwrap() < 0.5);
+        // A refused or flagged camera fails liveness on its own.
+        let mut s = session(1);
+        s.set_camera(Some(CameraCheck {
+            driver: "v4l2 loopback".into(),
+            accepted: false,
+            reason: Some("virtual camera".into()),
+            ..Default::default()
+        }));
+        let out = s.observe(&face(0.7, 0.1, None)).unwrap();
+        assert_eq!(out.reasons, vec![Reason::Liveness]);
+        assert!(out.liveness.unwrap().passive.is_none());
         let mut s = Session::new(SessionConfig {
             liveness_threshold: Some(0.5),
             ..session(1).cfg

@@ -210,6 +210,7 @@ mod tests {
                 deepfake: component(0.02, 0.9994, true),
                 liveness: Some(Liveness {
                     passive: Some(component(0.12, 0.5, false)),
+                    camera: None,
                     accepted: false,
                 }),
                 frames: 5,
