@@ -243,7 +243,6 @@ fn occluding_the_face_matters_more_than_the_background() {
 /// onnxruntime's models) on the astronaut. Tolerances are in identity.json.
 #[test]
 fn identity_alignment_and_embedding_match_the_tools() {
-    use veriface::face::Detection;
     use veriface::identity::{self, Embedder};
     let m = manifest();
     let case: serde_json::Value =
@@ -251,17 +250,7 @@ fn identity_alignment_and_embedding_match_the_tools() {
             .unwrap();
     let tol = |k: &str| case["tolerance"][k].as_f64().unwrap();
     let img = read_image(&repo().join(case["image"].as_str().unwrap())).unwrap();
-    let b: Vec<f64> = serde_json::from_value(case["face_box"].clone()).unwrap();
-    let det = Detection {
-        bbox: face::BoxF {
-            xmin: b[0],
-            ymin: b[1],
-            xmax: b[2],
-            ymax: b[3],
-        },
-        score: 1.0,
-        keypoints: [(0.0, 0.0); 6],
-    };
+    let det = detection(&case["face_box"]);
     let backend = TractBackend::new(1);
     let embedder = Embedder::load(&backend, &m).unwrap();
     let mesh = face::PresenceCheck::new(
@@ -318,7 +307,6 @@ fn identity_alignment_and_embedding_match_the_tools() {
 /// manifest's sha256 check. Tolerances are in pad.json.
 #[test]
 fn pad_crop_and_models_match_the_tools() {
-    use veriface::face::Detection;
     use veriface::frame::{crop_resize_reflect_into, Colour, Normalise, Region};
     use veriface::liveness::PadModel;
     let golden: serde_json::Value =
@@ -377,19 +365,7 @@ fn pad_crop_and_models_match_the_tools() {
         }
     }
     // The face box route lands on the same crop as the tools' region.
-    let b: Vec<f64> =
-        serde_json::from_value(golden_json()["detections"]["face_short"][0]["box"].clone())
-            .unwrap();
-    let det = Detection {
-        bbox: face::BoxF {
-            xmin: b[0],
-            ymin: b[1],
-            xmax: b[2],
-            ymax: b[3],
-        },
-        score: 1.0,
-        keypoints: [(0.0, 0.0); 6],
-    };
+    let det = detection(&golden_json()["detections"]["face_short"][0]["box"]);
     let (_, want) = read_npy(&golden_dir().join("pad_inside_input.npy"));
     let input = models[0].1.input(&img, &det);
     assert!(max_excess(&input.data, &want, 0.0) <= tol("input_abs"));
@@ -406,4 +382,19 @@ fn pad_crop_and_models_match_the_tools() {
         format!("{err:#}").contains("is not a PAD model known to"),
         "{err:#}"
     );
+}
+
+/// A detection with the box the tools wrote ([xmin, ymin, xmax, ymax]).
+fn detection(b: &serde_json::Value) -> face::Detection {
+    let b: Vec<f64> = serde_json::from_value(b.clone()).unwrap();
+    face::Detection {
+        bbox: face::BoxF {
+            xmin: b[0],
+            ymin: b[1],
+            xmax: b[2],
+            ymax: b[3],
+        },
+        score: 1.0,
+        keypoints: [(0.0, 0.0); 6],
+    }
 }

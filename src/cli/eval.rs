@@ -57,16 +57,7 @@ pub(crate) fn eval(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
     if let Some(dir) = &args.plots {
         write_plots(&report, threshold, dir)?;
     }
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, text + "\n")
-            .with_context(|| format!("{}: cannot write", path.display()))?;
-    }
-    Ok(if report.failed.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    finish(args, &report, report.failed.is_empty())
 }
 
 /// `--task pad`: passive presentation-attack detection on live/ and attack/ media.
@@ -108,16 +99,7 @@ fn pad(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
             &dir.join("histograms.png"),
         )?;
     }
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, text + "\n")
-            .with_context(|| format!("{}: cannot write", path.display()))?;
-    }
-    Ok(if report.failed.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    finish(args, &report, report.failed.is_empty())
 }
 
 /// `--task verify`: match accuracy on faces labelled by person.
@@ -155,16 +137,7 @@ fn verify(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
         &subjects, &samples, &outcomes, args.gap, args.fmr, operating,
     )?;
     print!("{}", report.render());
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, text + "\n")
-            .with_context(|| format!("{}: cannot write", path.display()))?;
-    }
-    Ok(if report.failed.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    finish(args, &report, report.failed.is_empty())
 }
 
 /// A progress bar on stderr when it is a terminal.
@@ -184,6 +157,20 @@ fn progress_bar(what: &'static str) -> impl Fn(usize, usize) + Sync {
             }
         }
     }
+}
+
+/// `--json`, then exit 1 if any file was unreadable.
+fn finish(args: &EvalArgs, report: &impl serde::Serialize, all_read: bool) -> Result<ExitCode> {
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(report)?;
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    Ok(if all_read {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// `--calibrate`: the threshold for this BPCER on the video scores, printed as a config section.

@@ -288,29 +288,45 @@ pub fn score_all(
     opts: &EvalOptions,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<Vec<Outcome>> {
-    let jobs = opts.jobs.clamp(1, items.len().max(1));
+    let first = Engine::load(config.clone())?;
+    on_workers(config, first, items, opts.jobs, progress, |engine, item| {
+        score_item(engine, item, opts).unwrap_or_else(|e| Outcome::Failed {
+            file: item.path().display().to_string(),
+            error: format!("{e:#}"),
+        })
+    })
+}
+
+/// `work` on every item, on `jobs` threads each with its own engine (`first` is one, loaded by
+/// the caller before any thread starts, so a bad manifest is one error); results in item order,
+/// `progress(done, total)` after each item.
+pub fn on_workers<T: Sync, R: Send>(
+    config: &EngineConfig,
+    first: Engine,
+    items: &[T],
+    jobs: usize,
+    progress: &(dyn Fn(usize, usize) + Sync),
+    work: impl Fn(&Engine, &T) -> R + Sync,
+) -> Result<Vec<R>> {
+    let jobs = jobs.clamp(1, items.len().max(1));
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Outcome>>> = Mutex::new(vec![None; items.len()]);
-    // The first engine loads before any thread starts, so a bad manifest is one error.
-    let first = Engine::load(config.clone())?;
+    let results: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
+    let run = |engine: Engine| loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(item) = items.get(i) else { break };
+        let result = work(&engine, item);
+        results.lock().expect("no panics while holding")[i] = Some(result);
+        progress(done.fetch_add(1, Ordering::Relaxed) + 1, items.len());
+    };
+    let run = &run;
     std::thread::scope(|scope| -> Result<()> {
-        let work = |engine: Engine| loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(item) = items.get(i) else { break };
-            let outcome = score_item(&engine, item, opts).unwrap_or_else(|e| Outcome::Failed {
-                file: item.path().display().to_string(),
-                error: format!("{e:#}"),
-            });
-            results.lock().expect("no panics while holding")[i] = Some(outcome);
-            progress(done.fetch_add(1, Ordering::Relaxed) + 1, items.len());
-        };
         let mut handles = Vec::new();
         for _ in 1..jobs {
             let engine = Engine::load(config.clone())?;
-            handles.push(scope.spawn(move || work(engine)));
+            handles.push(scope.spawn(move || run(engine)));
         }
-        work(first);
+        run(first);
         for h in handles {
             h.join()
                 .map_err(|_| anyhow::anyhow!("an eval worker panicked"))?;
@@ -321,7 +337,7 @@ pub fn score_all(
         .into_inner()
         .expect("workers joined")
         .into_iter()
-        .map(|o| o.expect("every item scored"))
+        .map(|o| o.expect("every item done"))
         .collect())
 }
 

@@ -5,8 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -124,49 +122,24 @@ pub fn score_all(
     opts: &PadEvalOptions,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<Vec<PadScore>> {
-    let jobs = opts.jobs.clamp(1, items.len().max(1));
-    let (next, done) = (AtomicUsize::new(0), AtomicUsize::new(0));
-    let results: Mutex<Vec<Option<PadScore>>> = Mutex::new(vec![None; items.len()]);
     let first = Engine::load(config.clone())?;
     if first.passive.is_none() {
         bail!("no PAD model configured (--pad-model FILE)");
     }
-    std::thread::scope(|scope| -> Result<()> {
-        let work = |engine: Engine| loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(item) = items.get(i) else { break };
-            let (score, frames, error) = match score_item(&engine, item, opts) {
-                Ok((s, f)) => (s, f, None),
-                Err(e) => (None, 0, Some(format!("{e:#}"))),
-            };
-            results.lock().expect("no panics while holding")[i] = Some(PadScore {
-                file: item.path.display().to_string(),
-                species: item.species.clone(),
-                attack: item.attack,
-                score,
-                frames,
-                error,
-            });
-            progress(done.fetch_add(1, Ordering::Relaxed) + 1, items.len());
+    super::on_workers(config, first, items, opts.jobs, progress, |engine, item| {
+        let (score, frames, error) = match score_item(engine, item, opts) {
+            Ok((s, f)) => (s, f, None),
+            Err(e) => (None, 0, Some(format!("{e:#}"))),
         };
-        let mut handles = Vec::new();
-        for _ in 1..jobs {
-            let engine = Engine::load(config.clone())?;
-            handles.push(scope.spawn(move || work(engine)));
+        PadScore {
+            file: item.path.display().to_string(),
+            species: item.species.clone(),
+            attack: item.attack,
+            score,
+            frames,
+            error,
         }
-        work(first);
-        for h in handles {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("an eval worker panicked"))?;
-        }
-        Ok(())
-    })?;
-    Ok(results
-        .into_inner()
-        .expect("workers joined")
-        .into_iter()
-        .map(|r| r.expect("every item scored"))
-        .collect())
+    })
 }
 
 /// APCER of one attack species at the threshold.

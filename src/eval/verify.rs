@@ -9,8 +9,6 @@
 //! labels, e.g. FaceForensics++'s source and target of a swap).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -202,58 +200,36 @@ pub fn embed_all(
 ) -> Result<(Vec<Sample>, Vec<SubjectOutcome>)> {
     let mut config = config.clone();
     config.identity = true;
-    let jobs = opts.jobs.clamp(1, subjects.len().max(1));
-    let (next, done) = (AtomicUsize::new(0), AtomicUsize::new(0));
-    let samples = Mutex::new(Vec::new());
-    let outcomes = Mutex::new(vec![SubjectOutcome::default(); subjects.len()]);
     let first = Engine::load(config.clone())?;
-    std::thread::scope(|scope| -> Result<()> {
-        let work = |engine: Engine| loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(subject) = subjects.get(i) else {
-                break;
-            };
-            let outcome = match samples_of(&engine, i, subject, opts) {
-                Ok((found, no_face)) => {
-                    let n = found.len();
-                    samples
-                        .lock()
-                        .expect("no panics while holding")
-                        .extend(found);
-                    SubjectOutcome {
-                        samples: n,
-                        no_face,
-                        error: None,
-                    }
+    let indexed: Vec<(usize, &Subject)> = subjects.iter().enumerate().collect();
+    let results = super::on_workers(
+        &config,
+        first,
+        &indexed,
+        opts.jobs,
+        progress,
+        |engine, (i, subject)| samples_of(engine, *i, subject, opts),
+    )?;
+    let (mut samples, mut outcomes) = (Vec::new(), Vec::new());
+    for result in results {
+        outcomes.push(match result {
+            Ok((found, no_face)) => {
+                let n = found.len();
+                samples.extend(found);
+                SubjectOutcome {
+                    samples: n,
+                    no_face,
+                    error: None,
                 }
-                Err(e) => SubjectOutcome {
-                    error: Some(format!("{e:#}")),
-                    ..Default::default()
-                },
-            };
-            outcomes.lock().expect("no panics while holding")[i] = outcome;
-            progress(done.fetch_add(1, Ordering::Relaxed) + 1, subjects.len());
-        };
-        let mut handles = Vec::new();
-        for _ in 1..jobs {
-            let engine = Engine::load(config.clone())?;
-            handles.push(scope.spawn(move || work(engine)));
-        }
-        work(first);
-        for h in handles {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("an eval worker panicked"))?;
-        }
-        Ok(())
-    })?;
-    let mut samples = samples.into_inner().expect("workers joined");
-    // Worker order is not file order: sort so pairs and reports repeat run to run.
-    samples.sort_by(|a, b| {
-        (a.subject, a.seconds)
-            .partial_cmp(&(b.subject, b.seconds))
-            .expect("finite times")
-    });
-    Ok((samples, outcomes.into_inner().expect("workers joined")))
+            }
+            Err(e) => SubjectOutcome {
+                error: Some(format!("{e:#}")),
+                ..Default::default()
+            },
+        });
+    }
+    // Samples come in subject order already; within a subject, in time order.
+    Ok((samples, outcomes))
 }
 
 /// Similarity scores of every genuine and impostor pair.
