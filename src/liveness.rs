@@ -17,6 +17,7 @@ use crate::infer::{Backend, Model, Tensor};
 use crate::manifest::{sha256_hex, Manifest, ModelSpec};
 
 pub mod camera;
+pub mod challenge;
 
 pub const PAD_TASK: &str = "pad";
 /// The class a PAD model's entry names for a live face.

@@ -1,0 +1,134 @@
+//! The active challenge on real landmarks: a photo waved and tilted in front of the camera (the
+//! bundled portrait, warped frame by frame) never blinks, smiles on cue or turns its head, so
+//! every prompt times out; the mesh's yaw cue follows a real head turn, not a tilted print.
+
+mod common;
+
+use common::repo;
+use veriface::face::{FaceDetector, PresenceCheck};
+use veriface::frame::Frame;
+use veriface::infer::{tract::TractBackend, Backend};
+use veriface::liveness::challenge::{cues, Challenge, ChallengeState, Cues, Prompt, TURN_DEG};
+use veriface::manifest::Manifest;
+use veriface::source::read_image;
+
+struct Mesh {
+    detector: FaceDetector,
+    mesh: PresenceCheck,
+}
+
+fn mesh() -> Mesh {
+    let m = Manifest::load(&repo().join("models/manifest.toml")).unwrap();
+    let b = TractBackend::new(1);
+    Mesh {
+        detector: FaceDetector::new(
+            b.load(&m, "face_short").unwrap(),
+            m.detector["face_short"].clone(),
+            m.model("face_short").unwrap(),
+        )
+        .unwrap(),
+        mesh: PresenceCheck::new(
+            b.load(&m, "face_mesh").unwrap(),
+            m.model("face_mesh").unwrap(),
+        )
+        .unwrap(),
+    }
+}
+
+impl Mesh {
+    fn cues(&self, frame: &Frame) -> Option<Cues> {
+        let faces = self.detector.detect(frame).ok()?;
+        let face = faces.first()?;
+        Some(cues(&self.mesh.landmarks(frame, face).unwrap(), None))
+    }
+}
+
+/// The photo as a 480x480 camera frame: moved, scaled, rotated in plane and tilted about its
+/// vertical axis by `tilt` (a projective warp: the far edge shrinks), grey around it.
+fn photo_frame(photo: &Frame, dx: f64, scale: f64, roll_deg: f64, tilt: f64) -> Frame {
+    let (w, h) = (480usize, 480usize);
+    let mut rgb = vec![70u8; w * h * 3];
+    let (pw, ph) = (photo.width as f64, photo.height as f64);
+    let (cs, sn) = (roll_deg.to_radians().cos(), roll_deg.to_radians().sin());
+    for y in 0..h {
+        for x in 0..w {
+            // Output pixel -> photo coordinates: undo translation, tilt, roll and scale.
+            let (u, v) = (x as f64 - w as f64 / 2.0 - dx, y as f64 - h as f64 / 2.0);
+            // Tilt: x is foreshortened and y shrinks with depth along x.
+            let depth = 1.0 + tilt * u / (w as f64 / 2.0);
+            let (u, v) = (u * depth / tilt.cos().max(0.3), v * depth);
+            let (u, v) = ((cs * u + sn * v) / scale, (-sn * u + cs * v) / scale);
+            let (sx, sy) = (u + pw / 2.0, v + ph / 2.0);
+            if sx >= 0.0 && sy >= 0.0 && sx < pw - 1.0 && sy < ph - 1.0 {
+                let i = (sy as usize * photo.width + sx as usize) * 3;
+                let o = (y * w + x) * 3;
+                rgb[o..o + 3].copy_from_slice(&photo.rgb[i..i + 3]);
+            }
+        }
+    }
+    Frame::new(w, h, rgb)
+}
+
+fn portrait() -> Frame {
+    // The astronaut's head and shoulders.
+    let img = read_image(&repo().join("samples/astronaut.png")).unwrap();
+    let (x0, y0, side) = (110, 20, 230);
+    let mut rgb = Vec::with_capacity(side * side * 3);
+    for y in y0..y0 + side {
+        rgb.extend_from_slice(&img.rgb[(y * img.width + x0) * 3..(y * img.width + x0 + side) * 3]);
+    }
+    Frame::new(side, side, rgb)
+}
+
+#[test]
+fn a_waved_and_tilted_photo_fails_every_prompt() {
+    let (m, photo) = (mesh(), portrait());
+    let mut yaws = Vec::new();
+    let mut ears = Vec::new();
+    let frames: Vec<Frame> = (0..60)
+        .map(|i| {
+            let t = i as f64 / 15.0;
+            photo_frame(
+                &photo,
+                30.0 * (t * 2.0).sin(),
+                1.4 + 0.15 * (t * 1.3).sin(),
+                8.0 * (t * 1.7).sin(),
+                0.45 * (t * 1.1).sin(),
+            )
+        })
+        .collect();
+    let seen: Vec<Cues> = frames.iter().filter_map(|f| m.cues(f)).collect();
+    assert!(
+        seen.len() >= 50,
+        "the face is found in {} of 60 frames",
+        seen.len()
+    );
+    for c in &seen {
+        yaws.push(c.yaw_deg);
+        ears.push(c.ear);
+    }
+    let spread = |v: &[f32]| {
+        v.iter().cloned().fold(f32::MIN, f32::max) - v.iter().cloned().fold(f32::MAX, f32::min)
+    };
+    eprintln!(
+        "photo: yaw {:.1}..{:.1} deg, EAR {:.3}..{:.3}",
+        yaws.iter().cloned().fold(f32::MAX, f32::min),
+        yaws.iter().cloned().fold(f32::MIN, f32::max),
+        ears.iter().cloned().fold(f32::MAX, f32::min),
+        ears.iter().cloned().fold(f32::MIN, f32::max)
+    );
+    for prompt in [Prompt::Blink, Prompt::TurnLeft, Prompt::TurnRight] {
+        let mut c = Challenge::with_prompts(vec![prompt], 3.0);
+        let mut state = c.state();
+        for (i, cue) in seen.iter().enumerate() {
+            state = c.observe(i as f64 / 15.0, cue);
+        }
+        assert!(
+            matches!(state, ChallengeState::Failed { .. }),
+            "{prompt:?}: {state:?} (yaw spread {:.1}, EAR spread {:.3})",
+            spread(&yaws),
+            spread(&ears)
+        );
+    }
+    assert!(spread(&yaws) < 2.0 * TURN_DEG);
+}
