@@ -109,7 +109,17 @@ pub enum SessionEvent {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Progress {
     Enrolled,
-    Progress { frames: usize, needed: usize },
+    Progress {
+        frames: usize,
+        needed: usize,
+    },
+    /// The active challenge asks for the next movement (`index` of `count`).
+    Prompt {
+        index: usize,
+        count: usize,
+        prompt: crate::liveness::challenge::Prompt,
+        instruction: &'static str,
+    },
 }
 
 /// A session for whoever owns the camera and the models (the daemon's analysis thread).
@@ -133,9 +143,7 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
 /// The reference photo a request names (a path the daemon can read, or inline bytes).
 pub fn reference_frame(req: &VerifyRequest) -> Result<Frame> {
     match (&req.reference, &req.reference_b64) {
-        (Some(path), None) => {
-            crate::source::read_image(path).with_context(|| format!("reference {}", path.display()))
-        }
+        (Some(path), None) => crate::source::read_image(path).context("reference"),
         (None, Some(data)) => {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(data.trim())

@@ -192,8 +192,8 @@ impl Embedding {
 #[derive(Clone, Debug)]
 pub struct FaceIdentity {
     pub points: FivePoints,
-    /// FaceMesh's face presence on the same crop.
-    pub presence: f32,
+    /// FaceMesh's answer on the face (presence and every landmark), for the liveness cues.
+    pub landmarks: FaceLandmarks,
     pub embedding: Embedding,
 }
 
@@ -246,8 +246,8 @@ impl Embedder {
         let points = five_points(&landmarks)?;
         Ok(FaceIdentity {
             points,
-            presence: landmarks.presence,
             embedding: self.embed_aligned(&self.align(frame, &points)?)?,
+            landmarks,
         })
     }
 

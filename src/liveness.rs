@@ -156,6 +156,12 @@ pub struct LivenessConfig {
     pub pad_models: Vec<String>,
     /// Live at or above this fused probability.
     pub pad_threshold: f32,
+    /// Active challenge: this many random prompts per session (0: none, at most 3).
+    pub challenge_prompts: u32,
+    /// The prompts drawn from.
+    pub challenge_pool: Vec<challenge::Prompt>,
+    /// Seconds to follow each prompt.
+    pub prompt_timeout_s: f64,
 }
 
 impl Default for LivenessConfig {
@@ -163,11 +169,26 @@ impl Default for LivenessConfig {
         LivenessConfig {
             pad_models: Vec::new(),
             pad_threshold: DEFAULT_THRESHOLD,
+            challenge_prompts: 0,
+            challenge_pool: challenge::Prompt::DEFAULT_POOL.to_vec(),
+            prompt_timeout_s: 5.0,
         }
     }
 }
 
 impl LivenessConfig {
+    /// A new challenge for a session, or None when none is configured.
+    pub fn challenge(&self, seed: u64) -> Option<challenge::Challenge> {
+        (self.challenge_prompts > 0).then(|| {
+            challenge::Challenge::from_pool(
+                seed,
+                self.challenge_prompts as usize,
+                &self.challenge_pool,
+                self.prompt_timeout_s,
+            )
+        })
+    }
+
     pub fn passive(&self) -> PassiveSettings {
         PassiveSettings {
             models: self.pad_models.iter().map(PathBuf::from).collect(),
@@ -184,6 +205,21 @@ impl LivenessConfig {
         }
         if self.pad_models.iter().any(|p| p.is_empty()) {
             bail!("liveness.pad_models: an empty path");
+        }
+        if self.challenge_prompts > 3 {
+            bail!(
+                "liveness.challenge_prompts = {}: 0 to 3",
+                self.challenge_prompts
+            );
+        }
+        if self.challenge_prompts > 0 && self.challenge_pool.is_empty() {
+            bail!("liveness.challenge_pool: empty, but challenge_prompts asks for prompts");
+        }
+        if !(self.prompt_timeout_s > 0.0 && self.prompt_timeout_s <= 60.0) {
+            bail!(
+                "liveness.prompt_timeout_s = {}: above 0, at most 60",
+                self.prompt_timeout_s
+            );
         }
         Ok(())
     }

@@ -76,6 +76,11 @@ pub struct ModelSpec {
     /// validation data for a stated BPCER (see models/README.md).
     #[serde(default)]
     pub threshold: Option<f32>,
+    /// For a face embedding model: the similarity under which a session's face no longer counts
+    /// as the person it started with (looser than `threshold`: expressions and head turns lower
+    /// the similarity of one person).
+    #[serde(default)]
+    pub continuity_threshold: Option<f32>,
     pub licence: String,
     pub source: String,
     pub training_data: String,

@@ -661,6 +661,18 @@ impl Engine {
         })
     }
 
+    /// The embedding model's continuity threshold (FMR <= 1 % on `eval --task verify`), never
+    /// above the match threshold in force; without one, the match threshold itself.
+    fn continuity_threshold(&self, match_threshold: f32) -> Result<f32> {
+        let key = &self.embedder()?.key;
+        Ok(self
+            .manifest
+            .model(key)?
+            .continuity_threshold
+            .unwrap_or(match_threshold)
+            .min(match_threshold))
+    }
+
     /// A verification session against `reference`; the deepfake threshold is the engine's.
     pub fn verify_session(
         &self,
@@ -686,6 +698,7 @@ impl Engine {
                 match_threshold,
                 deepfake_threshold: self.verdict.threshold,
                 liveness_threshold: self.passive.as_ref().map(|p| p.threshold),
+                continuity_threshold: self.continuity_threshold(match_threshold)?,
                 min_frames: min_frames.max(1),
             }),
             models,
@@ -714,7 +727,13 @@ impl VerifySession {
                 bbox: face.bbox,
                 keypoints: [(0.0, 0.0); 6],
             };
-            let embedding = engine.embedder()?.identify(&tf.frame, &det)?.embedding;
+            let identity = engine.embedder()?.identify(&tf.frame, &det)?;
+            let happy = face.analysis.emotion.as_ref().and_then(|e| {
+                let i = engine.emotion_classes().iter().position(|c| c == "happy")?;
+                e.probabilities.get(i).copied()
+            });
+            obs.cues = Some(crate::liveness::challenge::cues(&identity.landmarks, happy));
+            let embedding = identity.embedding;
             obs.match_score = Some(self.reference.similarity(&embedding));
             obs.self_similarity = self.anchor.as_ref().map(|a| a.similarity(&embedding));
             obs.deepfake = face.analysis.deepfake;
@@ -729,6 +748,22 @@ impl VerifySession {
             .session
             .observe(&obs)
             .map(|o| self.finish(o, tf.seconds - first)))
+    }
+
+    /// Add an active challenge: the decision waits for it.
+    pub fn with_challenge(mut self, challenge: crate::liveness::challenge::Challenge) -> Self {
+        self.session = self.session.with_challenge(challenge);
+        self
+    }
+
+    /// Prompts of the active challenge (0 without one).
+    pub fn challenge_len(&self) -> usize {
+        self.session.challenge_len()
+    }
+
+    /// The active challenge's state, for prompts on the screen and the API.
+    pub fn challenge_state(&self) -> Option<crate::liveness::challenge::ChallengeState> {
+        self.session.challenge_state()
     }
 
     /// The camera check of the device the frames come from.

@@ -56,6 +56,18 @@ fn screens() -> Vec<(&'static str, Screen)> {
                 session: Some(SessionScreen::Verifying {
                     frames: 2,
                     needed: 5,
+                    prompt: String::new(),
+                }),
+                ..base.clone()
+            },
+        ),
+        (
+            "session_prompt",
+            Screen {
+                session: Some(SessionScreen::Verifying {
+                    frames: 3,
+                    needed: 5,
+                    prompt: "turn your head left".into(),
                 }),
                 ..base.clone()
             },

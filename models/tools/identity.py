@@ -163,12 +163,15 @@ def main() -> None:
 
 
 def match_threshold() -> dict:
-    """The match threshold `veriface eval --task verify` chose (FMR <= 0.1 %), into the entry."""
+    """The thresholds `veriface eval --task verify` chose, into the entry: the match threshold
+    (FMR <= 0.1 %) and the looser continuity threshold (FMR <= 1 %) under which a session's face
+    no longer counts as the person it started with."""
     path = MODELS / "verify_report.json"
-    threshold = json.loads(path.read_text()).get("threshold") if path.exists() else None
-    if threshold is None:
+    report = json.loads(path.read_text()) if path.exists() else {}
+    if report.get("threshold") is None:
         return {}
-    return {"face_embedding": {**mf.MODELS["face_embedding"], "threshold": float(threshold)}}
+    return {"face_embedding": {**mf.MODELS["face_embedding"], "threshold": float(report["threshold"]),
+                               "continuity_threshold": float(report["at_fmr_1pct"]["threshold"])}}
 
 
 if __name__ == "__main__":

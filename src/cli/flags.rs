@@ -223,6 +223,18 @@ pub(crate) struct VerifyArgs {
     /// Live at or above this fused PAD probability
     #[arg(long, default_value_t = veriface::liveness::DEFAULT_THRESHOLD, value_name = "P")]
     pub(crate) pad_threshold: f32,
+    /// Active challenge: this many random prompts (0: none) the person must follow in order
+    #[arg(long, default_value_t = 0, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=3))]
+    pub(crate) challenge: u64,
+    /// The prompts the challenge draws from [default: turn-left, turn-right, smile]
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "PROMPT")]
+    pub(crate) challenge_prompts: Vec<veriface::liveness::challenge::Prompt>,
+    /// Seed of the challenge's draw [default: the clock]
+    #[arg(long, value_name = "SEED")]
+    pub(crate) challenge_seed: Option<u64>,
+    /// Seconds to follow each prompt
+    #[arg(long, default_value_t = 5.0, value_name = "S")]
+    pub(crate) prompt_timeout: f64,
     /// Face detector: short (within ~2 m), full range (up to ~5 m), or auto
     #[arg(long, value_enum, default_value_t = DetectorRange::Auto)]
     pub(crate) detector: DetectorRange,

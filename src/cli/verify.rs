@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use base64::Engine as _;
 
 use veriface::liveness::camera::{CameraCheck, CameraPolicy, CheckedOpener};
+use veriface::liveness::challenge::{Challenge, Prompt};
 use veriface::pipeline::{Engine, VerifyResult};
 use veriface::source::camera::{LiveSource, PixelFormat, Wanted};
 use veriface::source::v4l2::V4l2Opener;
@@ -29,6 +30,12 @@ pub(crate) fn verify(cli: &Cli, args: &VerifyArgs) -> Result<ExitCode> {
     }
     if !(0.0..=1.0).contains(&args.pad_threshold) {
         anyhow::bail!("--pad-threshold {}: within 0..1", args.pad_threshold);
+    }
+    if args.prompt_timeout.is_nan() || args.prompt_timeout <= 0.0 {
+        anyhow::bail!(
+            "--prompt-timeout {}: must be above 0 s",
+            args.prompt_timeout
+        );
     }
     if args.timeout.is_nan() || args.timeout <= 0.0 {
         anyhow::bail!("--timeout {}: must be above 0 s", args.timeout);
@@ -65,6 +72,26 @@ pub(crate) fn verify(cli: &Cli, args: &VerifyArgs) -> Result<ExitCode> {
     let mut stream = engine.stream();
     let mut session = engine.verify_session(enrolled, match_threshold, args.min_frames as usize)?;
     session.set_camera(camera_check);
+    if args.challenge > 0 {
+        let pool = match args.challenge_prompts.is_empty() {
+            true => Prompt::DEFAULT_POOL.to_vec(),
+            false => args.challenge_prompts.clone(),
+        };
+        let seed = args.challenge_seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+        let challenge =
+            Challenge::from_pool(seed, args.challenge as usize, &pool, args.prompt_timeout);
+        let words: Vec<&str> = challenge
+            .prompts()
+            .iter()
+            .map(|p| p.instruction())
+            .collect();
+        eprintln!("challenge: {}", words.join(", then "));
+        session = session.with_challenge(challenge);
+    }
     let mut watched = 0.0;
     let mut first_seconds = None;
     let result = loop {
@@ -160,6 +187,16 @@ fn render(result: &VerifyResult) -> String {
     match o.liveness.as_ref().and_then(|l| l.passive.as_ref()) {
         Some(passive) => s += &format!("liveness    {} (passive PAD)\n", component(passive)),
         None => s += "liveness    not checked (no PAD model configured: --pad-model)\n",
+    }
+    if let Some(c) = o.liveness.as_ref().and_then(|l| l.challenge.as_ref()) {
+        let names: Vec<&str> = c.prompts.iter().map(|p| p.event()).collect();
+        s += &format!(
+            "challenge   {}/{} done ({}) {}\n",
+            c.completed,
+            c.prompts.len(),
+            names.join(", "),
+            if c.accepted { "accepted" } else { "rejected" }
+        );
     }
     if let Some(c) = o.liveness.as_ref().and_then(|l| l.camera.as_ref()) {
         let usb = c

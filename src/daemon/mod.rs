@@ -224,6 +224,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
             sessions: session_rx,
             store_embeddings: cfg.privacy.store_embeddings,
             camera_check,
+            liveness: cfg.liveness.clone(),
         },
     );
     // Models first: a broken model set is a start-up error, not a camera loop.

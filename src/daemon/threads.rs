@@ -12,6 +12,8 @@ use super::{mono_ms, wall_ms};
 use crate::api::{Progress, SessionEvent, SessionRequest};
 use crate::frame::Frame;
 use crate::liveness::camera::SharedCameraCheck;
+use crate::liveness::challenge::ChallengeState;
+use crate::liveness::LivenessConfig;
 use crate::pipeline::{
     Engine, EngineConfig, FrameResult, StageTimings, VerifyResult, VerifySession,
 };
@@ -91,6 +93,8 @@ pub(super) struct Extras {
     pub(super) store_embeddings: bool,
     /// The camera-injection check of the open camera, for each session's liveness.
     pub(super) camera_check: SharedCameraCheck,
+    /// The liveness checks a session runs (the active challenge's settings).
+    pub(super) liveness: LivenessConfig,
 }
 
 /// The session in progress and who asked for it.
@@ -100,6 +104,29 @@ struct Active {
     started: Instant,
     deadline: Instant,
     reported_frames: usize,
+    /// The challenge prompt last announced.
+    reported_prompt: Option<usize>,
+}
+
+/// Announce the challenge's current prompt once (to the client and the screen).
+fn report_prompt(active: &mut Active, out: &Sender<AnalysisMsg>) {
+    let Some(ChallengeState::Prompting { index, prompt }) = active.session.challenge_state() else {
+        return;
+    };
+    if active.reported_prompt == Some(index) {
+        return;
+    }
+    active.reported_prompt = Some(index);
+    let count = active.session.challenge_len();
+    let _ = active.events.send(SessionEvent::Event(Progress::Prompt {
+        index,
+        count,
+        prompt,
+        instruction: prompt.instruction(),
+    }));
+    let _ = out.send(AnalysisMsg::Session(DaemonEvent::SessionPrompt(
+        prompt.instruction().to_string(),
+    )));
 }
 
 /// A session request: enrol the reference, or say why not. One session at a time.
@@ -107,6 +134,7 @@ fn start_session(
     engine: &Engine,
     req: SessionRequest,
     active: &Option<Active>,
+    extras: &Extras,
     out: &Sender<AnalysisMsg>,
 ) -> Option<Active> {
     let fail = |error: String| {
@@ -136,14 +164,29 @@ fn start_session(
                 return None;
             }
             let _ = out.send(AnalysisMsg::Session(DaemonEvent::SessionStarted));
+            // A fresh draw every session: a replay cannot know the prompts in advance.
+            let seed = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            let session = match extras.liveness.challenge(seed) {
+                Some(challenge) => session.with_challenge(challenge),
+                None => session,
+            };
             let now = Instant::now();
-            Some(Active {
+            // Each challenge prompt gets its own time on top of the session's.
+            let prompts_time = Duration::from_secs_f64(
+                session.challenge_len() as f64 * extras.liveness.prompt_timeout_s,
+            );
+            let mut active = Active {
                 session,
                 events: req.events,
                 started: now,
-                deadline: now + req.timeout,
+                deadline: now + req.timeout + prompts_time,
                 reported_frames: 0,
-            })
+                reported_prompt: None,
+            };
+            report_prompt(&mut active, out);
+            Some(active)
         }
     }
 }
@@ -202,6 +245,7 @@ fn session_frame(
             end_session(engine, active, done, store_embeddings, out);
         }
         Ok(None) => {
+            report_prompt(active, out);
             let (frames, needed) = active.session.progress();
             if frames != active.reported_frames {
                 active.reported_frames = frames;
@@ -285,7 +329,7 @@ pub(super) fn spawn_analysis(
                         }
                     }
                     while let Ok(req) = extras.sessions.try_recv() {
-                        if let Some(started) = start_session(&engine, req, &active, &out) {
+                        if let Some(started) = start_session(&engine, req, &active, &extras, &out) {
                             active = Some(started);
                         }
                     }

@@ -103,10 +103,12 @@ pub struct Screen {
 /// What the screen says during a verification session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SessionScreen {
-    /// Look at the camera: `frames` of the `needed` (0 until the first progress) are in.
+    /// Look at the camera: `frames` of the `needed` (0 until the first progress) are in;
+    /// `prompt` is the active challenge's instruction (empty without one).
     Verifying {
         frames: u8,
         needed: u8,
+        prompt: String,
     },
     Verified,
     /// With the reasons, comma-separated.
@@ -208,9 +210,12 @@ pub fn render(screen: &Screen, width: u32, height: u32) -> RgbCanvas {
 fn render_session(session: &SessionScreen, width: u32, height: u32) -> RgbCanvas {
     let compact = width < COMPACT_BELOW || height < 100;
     let (title, detail, colour) = match session {
-        SessionScreen::Verifying { .. } => (
+        SessionScreen::Verifying { prompt, .. } => (
             "LOOK HERE",
-            "verifying identity".to_string(),
+            match prompt.is_empty() {
+                true => "verifying identity".to_string(),
+                false => prompt.clone(),
+            },
             Rgb888::new(30, 90, 200),
         ),
         SessionScreen::Verified => ("VERIFIED", String::new(), verdict_colour(Label::Real)),
@@ -254,7 +259,7 @@ fn render_session(session: &SessionScreen, width: u32, height: u32) -> RgbCanvas
         Alignment::Center,
     );
     let below = banner_h as i32 + if compact { 4 } else { 14 };
-    if let SessionScreen::Verifying { frames, needed } = session {
+    if let SessionScreen::Verifying { frames, needed, .. } = session {
         if *needed > 0 {
             let (x, bar_w, bar_h) = if compact {
                 (0, width, 8)
@@ -721,6 +726,16 @@ impl DisplayOutput {
     }
 }
 
+impl DisplayOutput {
+    /// The challenge instruction on screen now, if any.
+    fn current_prompt(&self) -> String {
+        match &self.session {
+            Some((SessionScreen::Verifying { prompt, .. }, _)) => prompt.clone(),
+            _ => String::new(),
+        }
+    }
+}
+
 impl Output for DisplayOutput {
     fn name(&self) -> String {
         self.panel.describe()
@@ -745,6 +760,7 @@ impl Output for DisplayOutput {
                 SessionScreen::Verifying {
                     frames: 0,
                     needed: 0,
+                    prompt: String::new(),
                 },
                 None,
             )),
@@ -752,9 +768,26 @@ impl Output for DisplayOutput {
                 SessionScreen::Verifying {
                     frames: (*frames).min(255) as u8,
                     needed: (*needed).min(255) as u8,
+                    prompt: self.current_prompt(),
                 },
                 None,
             )),
+            DaemonEvent::SessionPrompt(words) => {
+                let (frames, needed) = match &self.session {
+                    Some((SessionScreen::Verifying { frames, needed, .. }, _)) => {
+                        (*frames, *needed)
+                    }
+                    _ => (0, 0),
+                };
+                Some((
+                    SessionScreen::Verifying {
+                        frames,
+                        needed,
+                        prompt: words.clone(),
+                    },
+                    None,
+                ))
+            }
             DaemonEvent::SessionEnded(end) => Some((
                 match end.outcome.decision {
                     Decision::Verified => SessionScreen::Verified,

@@ -33,6 +33,8 @@ pub enum DaemonEvent {
         frames: usize,
         needed: usize,
     },
+    /// The active challenge's instruction now on screen.
+    SessionPrompt(String),
     SessionEnded(Box<SessionEnd>),
 }
 

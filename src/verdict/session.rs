@@ -13,6 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::liveness::camera::CameraCheck;
+use crate::liveness::challenge::{Challenge, ChallengeResult, ChallengeState, Cues};
 
 /// What the session needs to decide.
 #[derive(Clone, Debug, PartialEq)]
@@ -24,6 +25,10 @@ pub struct SessionConfig {
     pub deepfake_threshold: f32,
     /// Passive liveness: live at or above this probability; None when no PAD model is on.
     pub liveness_threshold: Option<f32>,
+    /// Under this similarity to the session's first face (two frames running) the face counts
+    /// as another person; looser than the match threshold, since one person's expressions and
+    /// head turns (what a challenge asks for) lower it.
+    pub continuity_threshold: f32,
     /// Single-face frames needed for a decision.
     pub min_frames: usize,
 }
@@ -42,6 +47,8 @@ pub struct Observation {
     pub deepfake: Option<f32>,
     /// The face's live probability from the passive PAD models.
     pub live: Option<f32>,
+    /// The face's cues for the active challenge (eyes, head yaw, smile).
+    pub cues: Option<Cues>,
 }
 
 /// Why a session was rejected; the JSON names are the API's. Records store the variant's
@@ -107,10 +114,15 @@ pub struct Outcome {
 pub struct Liveness {
     /// Passive PAD: the median fused live probability.
     pub passive: Option<Component>,
+    /// The active challenge: its prompts, how many were done, whether all were.
+    pub challenge: Option<ChallengeResult>,
     /// The camera the frames came from (null for a file source).
     pub camera: Option<CameraCheck>,
     pub accepted: bool,
 }
+
+/// Frames running under the continuity threshold that make a change of person.
+const UNLIKE_FRAMES: usize = 2;
 
 /// Per-session state.
 #[derive(Clone, Debug)]
@@ -120,7 +132,10 @@ pub struct Session {
     deepfakes: Vec<f32>,
     lives: Vec<f32>,
     camera: Option<CameraCheck>,
+    challenge: Option<Challenge>,
     frames_seen: usize,
+    /// Frames running whose face did not look like the session's first one.
+    unlike_run: usize,
     failed: Option<Reason>,
 }
 
@@ -132,7 +147,9 @@ impl Session {
             deepfakes: Vec::new(),
             lives: Vec::new(),
             camera: None,
+            challenge: None,
             frames_seen: 0,
+            unlike_run: 0,
             failed: None,
         }
     }
@@ -144,6 +161,22 @@ impl Session {
     /// The camera check of the device the frames come from (latest wins).
     pub fn set_camera(&mut self, check: Option<CameraCheck>) {
         self.camera = check;
+    }
+
+    /// Add an active challenge: the session decides only once it is passed (or failed).
+    pub fn with_challenge(mut self, challenge: Challenge) -> Session {
+        self.challenge = Some(challenge);
+        self
+    }
+
+    /// Prompts of the challenge (0 without one).
+    pub fn challenge_len(&self) -> usize {
+        self.challenge.as_ref().map_or(0, |c| c.prompts().len())
+    }
+
+    /// The challenge's current state, when there is one.
+    pub fn challenge_state(&self) -> Option<ChallengeState> {
+        self.challenge.as_ref().map(Challenge::state)
     }
 
     /// Single-face frames so far.
@@ -159,13 +192,19 @@ impl Session {
             return Some(self.decide());
         }
         let score = obs.match_score?;
+        // One odd frame (motion blur, a half-detected face) is not a change of person.
         if obs
             .self_similarity
-            .is_some_and(|s| s < self.cfg.match_threshold)
+            .is_some_and(|s| s < self.cfg.continuity_threshold)
         {
-            self.failed = Some(Reason::IdentityChanged);
-            return Some(self.decide());
+            self.unlike_run += 1;
+            if self.unlike_run >= UNLIKE_FRAMES {
+                self.failed = Some(Reason::IdentityChanged);
+                return Some(self.decide());
+            }
+            return None;
         }
+        self.unlike_run = 0;
         self.matches.push(score);
         if let Some(p) = obs.deepfake {
             self.deepfakes.push(p);
@@ -173,7 +212,17 @@ impl Session {
         if let Some(p) = obs.live {
             self.lives.push(p);
         }
-        (self.matches.len() >= self.cfg.min_frames).then(|| self.decide())
+        let challenge = match (&mut self.challenge, &obs.cues) {
+            (Some(c), Some(cues)) => Some(c.observe(obs.seconds, cues)),
+            (Some(c), None) => Some(c.state()),
+            (None, _) => None,
+        };
+        match challenge {
+            // A failed challenge ends the session at once; one in progress holds the decision.
+            Some(ChallengeState::Failed { .. }) => Some(self.decide()),
+            Some(ChallengeState::Prompting { .. }) => None,
+            _ => (self.matches.len() >= self.cfg.min_frames).then(|| self.decide()),
+        }
     }
 
     /// The source ended: decide on what was seen.
@@ -218,12 +267,16 @@ impl Session {
                 accepted: live.is_some_and(|p| p >= threshold),
             }
         });
-        let liveness = (passive.is_some() || self.camera.is_some()).then(|| Liveness {
-            accepted: passive.is_none_or(|p| p.accepted)
-                && self.camera.as_ref().is_none_or(|c| c.accepted),
-            passive,
-            camera: self.camera.clone(),
-        });
+        let challenge = self.challenge.as_ref().map(Challenge::result);
+        let liveness =
+            (passive.is_some() || self.camera.is_some() || challenge.is_some()).then(|| Liveness {
+                accepted: passive.is_none_or(|p| p.accepted)
+                    && self.camera.as_ref().is_none_or(|c| c.accepted)
+                    && challenge.as_ref().is_none_or(|c| c.accepted),
+                passive,
+                challenge,
+                camera: self.camera.clone(),
+            });
         let mut reasons = Vec::new();
         if let Some(r) = self.failed {
             reasons.push(r);
@@ -264,6 +317,7 @@ mod tests {
             match_threshold: 0.4,
             deepfake_threshold: 0.9,
             liveness_threshold: None,
+            continuity_threshold: 0.3,
             min_frames,
         })
     }
@@ -312,6 +366,15 @@ mod tests {
         assert_eq!(s.observe(&two).unwrap().reasons, vec![Reason::SecondFace]);
         let mut s = session(5);
         s.observe(&face(0.7, 0.1, None));
+        assert!(
+            s.observe(&face(0.7, 0.1, Some(0.1))).is_none(),
+            "one odd frame is forgiven"
+        );
+        assert!(
+            s.observe(&face(0.7, 0.1, Some(0.35))).is_none(),
+            "a turned head still counts"
+        );
+        s.observe(&face(0.7, 0.1, Some(0.1)));
         let out = s.observe(&face(0.7, 0.1, Some(0.1))).unwrap();
         assert_eq!(out.reasons, vec![Reason::IdentityChanged]);
     }
@@ -353,6 +416,43 @@ mod tests {
             .unwrap()
             .liveness
             .is_none());
+    }
+
+    #[test]
+    fn a_challenge_holds_the_decision_until_done_and_a_failed_one_rejects() {
+        use crate::liveness::challenge::{Challenge, Prompt};
+        let still = Cues {
+            ear: 0.3,
+            yaw_deg: 0.0,
+            happy: Some(0.0),
+        };
+        let with = |cues: Cues, t: f64| Observation {
+            seconds: t,
+            cues: Some(cues),
+            ..face(0.7, 0.1, Some(0.9))
+        };
+        let mut s = session(2).with_challenge(Challenge::with_prompts(vec![Prompt::Smile], 2.0));
+        for i in 0..5 {
+            assert!(
+                s.observe(&with(still, i as f64 * 0.1)).is_none(),
+                "held for the prompt"
+            );
+        }
+        let smile = Cues {
+            happy: Some(0.9),
+            ..still
+        };
+        let out = s.observe(&with(smile, 0.6)).unwrap();
+        assert_eq!(out.decision, Decision::Verified);
+        let c = out.liveness.unwrap().challenge.unwrap();
+        assert!(c.accepted && c.completed == 1);
+        // Nobody smiles: the challenge times out and the session rejects for liveness.
+        let mut s = session(2).with_challenge(Challenge::with_prompts(vec![Prompt::Smile], 2.0));
+        let mut out = None;
+        for i in 0..40 {
+            out = out.or(s.observe(&with(still, i as f64 * 0.1)));
+        }
+        assert_eq!(out.unwrap().reasons, vec![Reason::Liveness]);
     }
 
     #[test]

@@ -171,7 +171,9 @@ impl Output for RecordsOutput {
             DaemonEvent::CameraBack(_) => Event::CameraBack,
             DaemonEvent::Stopping => Event::Stop,
             DaemonEvent::SessionEnded(end) => Event::Session(session_record(end)),
-            DaemonEvent::SessionStarted | DaemonEvent::SessionProgress { .. } => return Ok(()),
+            DaemonEvent::SessionStarted
+            | DaemonEvent::SessionProgress { .. }
+            | DaemonEvent::SessionPrompt(_) => return Ok(()),
         };
         let rec = self.record(now_ms(), ev);
         self.writer.write(&rec)?;
@@ -210,6 +212,7 @@ mod tests {
                 deepfake: component(0.02, 0.9994, true),
                 liveness: Some(Liveness {
                     passive: Some(component(0.12, 0.5, false)),
+                    challenge: None,
                     camera: None,
                     accepted: false,
                 }),
