@@ -140,44 +140,68 @@ fn a_waved_and_tilted_photo_fails_every_prompt() {
     assert!(spread(&yaws) < 2.0 * TURN_DEG);
 }
 
-/// FaceForensics++ 175: the presenter turns his head to his left (frames 60-117, by about 30
-/// degrees; checked by eye) and back. A challenge asking for that turn passes; one asking for
-/// the other way fails as soon as he turns; the yaw cue says which way he turned.
+/// Real head turns, labelled by eye in tests/data/challenge/turns.json: a challenge asking for
+/// that turn passes, one asking for the other way fails as soon as the head turns, and the yaw
+/// cue's sign says which way the head went.
 #[test]
-fn a_real_head_turn_passes_the_matching_prompt_and_fails_the_opposite() {
+fn real_head_turns_pass_the_matching_prompt_and_fail_the_opposite() {
     let m = mesh();
-    let clip = shared().join("data/faceforensics/original_sequences/youtube/c23/videos/175.mp4");
-    let mut src = veriface::source::open(&clip).unwrap();
-    let mut frames = Vec::new();
-    while let Some(tf) = src.next_frame().unwrap() {
-        if tf.index > 130 {
-            break;
+    let labels: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/data/challenge/turns.json")).unwrap(),
+    )
+    .unwrap();
+    for label in labels["turns"].as_array().unwrap() {
+        let clip = shared().join(label["clip"].as_str().unwrap());
+        let (from, to) = (
+            label["from"].as_u64().unwrap(),
+            label["to"].as_u64().unwrap(),
+        );
+        let left = label["turn"] == "left";
+        let mut src = veriface::source::open(&clip).unwrap();
+        let mut frames = Vec::new();
+        while let Some(tf) = src.next_frame().unwrap() {
+            if tf.index > to {
+                break;
+            }
+            if tf.index >= from {
+                if let Some(c) = m.cues(&tf.frame) {
+                    frames.push((tf.seconds, c));
+                }
+            }
         }
-        if let Some(c) = m.cues(&tf.frame) {
-            frames.push((tf.seconds, c));
-        }
+        let wanted = (to - from) as usize;
+        assert!(
+            frames.len() * 10 >= wanted * 9,
+            "{clip:?}: face in {} of {wanted} frames",
+            frames.len()
+        );
+        let rest = frames[0].1.yaw_deg;
+        let furthest = frames
+            .iter()
+            .map(|(_, c)| c.yaw_deg - rest)
+            .fold(0f32, |a, d| if d.abs() > a.abs() { d } else { a });
+        assert_eq!(
+            furthest > 0.0,
+            left,
+            "{clip:?}: the turn reads {furthest:.1} deg from rest"
+        );
+        let run = |prompt| {
+            let mut c = Challenge::with_prompts(vec![prompt], 8.0);
+            let mut state = c.state();
+            for (t, cue) in &frames {
+                state = c.observe(*t, cue);
+            }
+            state
+        };
+        let (asked, opposite) = match left {
+            true => (Prompt::TurnLeft, Prompt::TurnRight),
+            false => (Prompt::TurnRight, Prompt::TurnLeft),
+        };
+        assert_eq!(run(asked), ChallengeState::Passed, "{clip:?}");
+        let failed = run(opposite);
+        assert!(
+            matches!(&failed, ChallengeState::Failed { reason } if reason.contains("other way")),
+            "{clip:?}: {failed:?}"
+        );
     }
-    assert!(frames.len() > 120, "face found in {} frames", frames.len());
-    let max_yaw = frames
-        .iter()
-        .map(|(_, c)| c.yaw_deg)
-        .fold(f32::MIN, f32::max);
-    assert!(
-        max_yaw > 25.0,
-        "the turn to his left reads as positive yaw ({max_yaw})"
-    );
-    let run = |prompt| {
-        let mut c = Challenge::with_prompts(vec![prompt], 6.0);
-        let mut state = c.state();
-        for (t, cue) in &frames {
-            state = c.observe(*t, cue);
-        }
-        state
-    };
-    assert_eq!(run(Prompt::TurnLeft), ChallengeState::Passed);
-    assert!(
-        matches!(run(Prompt::TurnRight), ChallengeState::Failed { ref reason } if reason.contains("other way")),
-        "{:?}",
-        run(Prompt::TurnRight)
-    );
 }
