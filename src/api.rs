@@ -11,7 +11,7 @@
 //! knows nothing of the daemon: it hands sessions over a channel and reads the status from a
 //! shared value, both given by whoever starts it.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -288,7 +288,14 @@ fn serve(
     let mut reader = BufReader::new(conn);
     let mut line = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        match reader.read_until(b'\n', &mut line) {
+        // Never more than MAX_LINE bytes without a newline: garbage cannot fill the memory.
+        let room = (MAX_LINE + 1).saturating_sub(line.len()) as u64;
+        match (&mut reader).take(room).read_until(b'\n', &mut line) {
+            Ok(_) if line.len() > MAX_LINE => {
+                let error = format!("request longer than {MAX_LINE} bytes");
+                send(&mut out, &SessionEvent::Error { error })?;
+                return Ok(());
+            }
             Ok(0) => return Ok(()),
             Ok(_) if line.ends_with(b"\n") => {}
             Ok(_) => return Ok(()), // hung up mid-line
@@ -298,16 +305,7 @@ fn serve(
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                if line.len() > MAX_LINE {
-                    send(
-                        &mut out,
-                        &SessionEvent::Error {
-                            error: format!("request longer than {MAX_LINE} bytes"),
-                        },
-                    )?;
-                    return Ok(());
-                }
-                continue;
+                continue
             }
             Err(e) => return Err(e.into()),
         }
@@ -463,6 +461,29 @@ mod tests {
         };
         let err = format!("{:#}", reference_frame(&junk).unwrap_err());
         assert!(err.contains("not a readable image"), "{err}");
+    }
+
+    #[test]
+    fn an_endless_line_is_refused_not_buffered() {
+        let (mut client, server) = UnixStream::pair().unwrap();
+        let (sessions, _keep) = std::sync::mpsc::channel();
+        let status = Mutex::new(serde_json::Value::Null);
+        let stop = AtomicBool::new(false);
+        let cfg = ApiConfig::default();
+        std::thread::scope(|scope| {
+            let served = scope.spawn(|| serve(server, &cfg, &sessions, &status, &stop));
+            let junk = vec![b'x'; 1 << 20];
+            let mut reply = String::new();
+            for _ in 0..=(MAX_LINE >> 20) {
+                if client.write_all(&junk).is_err() {
+                    break; // the server hung up once it had said why
+                }
+            }
+            client.shutdown(std::net::Shutdown::Write).unwrap();
+            BufReader::new(&client).read_line(&mut reply).unwrap();
+            assert!(reply.contains("request longer than"), "{reply}");
+            served.join().unwrap().unwrap();
+        });
     }
 
     #[test]

@@ -611,6 +611,8 @@ pub struct VerifySession {
     session: Session,
     models: BTreeMap<String, String>,
     first_seconds: Option<f64>,
+    /// Where the emotion model puts "happy" (the challenge's smile cue).
+    happy_index: Option<usize>,
 }
 
 /// A session's answer with what it took: the JSON of `verify --json` and of the API's result.
@@ -703,6 +705,7 @@ impl Engine {
             }),
             models,
             first_seconds: None,
+            happy_index: self.emotion_classes().iter().position(|c| c == "happy"),
         })
     }
 }
@@ -728,10 +731,11 @@ impl VerifySession {
                 keypoints: [(0.0, 0.0); 6],
             };
             let identity = engine.embedder()?.identify(&tf.frame, &det)?;
-            let happy = face.analysis.emotion.as_ref().and_then(|e| {
-                let i = engine.emotion_classes().iter().position(|c| c == "happy")?;
-                e.probabilities.get(i).copied()
-            });
+            let happy = face
+                .analysis
+                .emotion
+                .as_ref()
+                .and_then(|e| e.probabilities.get(self.happy_index?).copied());
             obs.cues = Some(crate::liveness::challenge::cues(&identity.landmarks, happy));
             let embedding = identity.embedding;
             obs.match_score = Some(self.reference.similarity(&embedding));
