@@ -43,6 +43,17 @@ impl BoxF {
     }
 }
 
+/// The main face among several: the largest box; of equal boxes, the first. The one rule for the
+/// screen, the LEDs, the status file and the evaluations, so they never name different faces.
+pub fn largest<T>(faces: &[T], bbox: impl Fn(&T) -> &BoxF) -> Option<&T> {
+    faces
+        .iter()
+        .fold(None, |best: Option<&T>, face| match best {
+            Some(b) if bbox(b).area() >= bbox(face).area() => Some(b),
+            _ => Some(face),
+        })
+}
+
 /// One detected face: box, score and the six BlazeFace keypoints (eyes, nose, mouth, ears).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Detection {

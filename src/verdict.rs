@@ -311,6 +311,13 @@ pub struct FrameResult {
     pub ended_tracks: Vec<u32>,
 }
 
+impl FrameResult {
+    /// The face the screen, the LEDs and the status file show (`face::largest`).
+    pub fn main_face(&self) -> Option<&FaceResult> {
+        crate::face::largest(&self.faces, |f| &f.bbox)
+    }
+}
+
 /// The answer for a whole file or stream.
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
@@ -333,6 +340,41 @@ pub struct Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_main_face_is_the_largest_even_when_listed_second() {
+        let face = |track, side: f64, label| FaceResult {
+            track,
+            score: 0.9,
+            bbox: BoxF {
+                xmin: 0.0,
+                ymin: 0.0,
+                xmax: side,
+                ymax: side,
+            },
+            analysis: Default::default(),
+            analysed: true,
+            verdict: Verdict {
+                label,
+                smoothed: None,
+                confidence: 0.0,
+                consistency: 0.0,
+                frames: 0,
+            },
+        };
+        let mut frame = FrameResult {
+            index: 0,
+            seconds: 0.0,
+            faces: vec![face(1, 40.0, Label::Fake), face(2, 90.0, Label::Real)],
+            ended_tracks: vec![],
+        };
+        assert_eq!(frame.main_face().map(|f| f.track), Some(2));
+        // Of equal boxes the first listed, whatever its verdict.
+        frame.faces[0].bbox = frame.faces[1].bbox;
+        assert_eq!(frame.main_face().map(|f| f.track), Some(1));
+        frame.faces.clear();
+        assert!(frame.main_face().is_none());
+    }
 
     fn run(scores: &[f32]) -> Vec<Label> {
         let mut t = TrackVerdict::new(VerdictConfig {

@@ -59,6 +59,81 @@ fn h264_sample_has_size_rate_and_timestamps() {
     assert_eq!(n, 30);
 }
 
+/// A phone clip stored sideways with a display rotation decodes upright at the rotated size: the
+/// same pixels as the upright clip it was made from (lossless, so exactly).
+#[test]
+fn portrait_clip_with_a_rotation_decodes_upright() {
+    let dir = scratch("rotated");
+    let ffmpeg = |args: &[&str]| {
+        let ok = std::process::Command::new("ffmpeg")
+            .args(["-v", "error", "-y"])
+            .args(args)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ffmpeg {args:?}");
+    };
+    let sample = common::repo().join("tests/data/astronaut_zoom.mp4");
+    let (upright, sideways, tagged) = (
+        dir.join("upright.mp4"),
+        dir.join("sideways.mp4"),
+        dir.join("tagged.mp4"),
+    );
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    ffmpeg(&[
+        "-i",
+        &s(&sample),
+        "-frames:v",
+        "3",
+        "-vf",
+        "crop=320:200:0:60,format=yuv444p",
+        "-c:v",
+        "libx264",
+        "-qp",
+        "0",
+        &s(&upright),
+    ]);
+    ffmpeg(&[
+        "-i",
+        &s(&upright),
+        "-vf",
+        "transpose=1",
+        "-c:v",
+        "libx264",
+        "-qp",
+        "0",
+        &s(&sideways),
+    ]);
+    ffmpeg(&[
+        "-i",
+        &s(&sideways),
+        "-c",
+        "copy",
+        "-metadata:s:v:0",
+        "rotate=90",
+        &s(&tagged),
+    ]);
+    let info = source::probe(&tagged).unwrap();
+    assert_eq!((info.width, info.height), (320, 200));
+    let frames = |p: &std::path::Path| {
+        let mut src = source::VideoSource::open(p).unwrap();
+        let mut out = Vec::new();
+        while let Some(tf) = src.next_frame().unwrap() {
+            out.push(tf.frame);
+        }
+        out
+    };
+    let (want, got) = (frames(&upright), frames(&tagged));
+    assert_eq!(got.len(), 3);
+    for (w, g) in want.iter().zip(&got) {
+        assert_eq!((g.width, g.height), (320, 200));
+        assert!(
+            w.rgb == g.rgb,
+            "the rotated clip's frame differs from the upright one"
+        );
+    }
+}
+
 #[test]
 fn folders_are_searched_recursively_and_sorted() {
     let dir = scratch("tree");

@@ -148,15 +148,15 @@ fn finish(args: &VerifyArgs, result: &VerifyResult) -> Result<ExitCode> {
 
 /// The camera behind the camera-injection checks: a virtual or unexpected camera is one error.
 fn open_camera(device: &str, allow_virtual: bool) -> Result<(LiveSource, Option<CameraCheck>)> {
-    let v4l2 = V4l2Opener {
-        device: device.to_string(),
-        wanted: Wanted {
+    let v4l2 = V4l2Opener::new(
+        device.to_string(),
+        Wanted {
             format: PixelFormat::Auto,
             width: 1280,
             height: 720,
             fps: 30.0,
         },
-    };
+    );
     let policy = CameraPolicy {
         allow_virtual,
         ..Default::default()

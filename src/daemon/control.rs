@@ -187,7 +187,7 @@ impl<'a> ControlLoop<'a> {
             emotion: ms(a.timings.emotion),
             total: ms(a.total),
         };
-        if let Some(face) = a.result.faces.first() {
+        if let Some(face) = a.result.main_face() {
             self.last_verdict_at = now;
             self.status.last_verdict = Some(LastVerdict {
                 track: face.track,

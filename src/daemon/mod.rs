@@ -107,15 +107,15 @@ pub fn outputs_for(cfg: &Config) -> Vec<Box<dyn Output>> {
 fn opener(cfg: &Config, opts: &RunOptions) -> (Box<dyn CameraOpener>, SharedCameraCheck) {
     let inner: Box<dyn CameraOpener> = match &opts.source {
         Some(path) => Box::new(FileOpener::new(path.clone(), opts.looped, cfg.camera.fps)),
-        None => Box::new(V4l2Opener {
-            device: cfg.camera.device.clone(),
-            wanted: Wanted {
+        None => Box::new(V4l2Opener::new(
+            cfg.camera.device.clone(),
+            Wanted {
                 format: cfg.camera.format,
                 width: cfg.camera.width,
                 height: cfg.camera.height,
                 fps: cfg.camera.fps,
             },
-        }),
+        )),
     };
     let checked = CheckedOpener::new(inner, cfg.camera.policy());
     let state = checked.state.clone();

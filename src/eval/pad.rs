@@ -101,10 +101,7 @@ fn score_item(
             continue;
         }
         let faces = engine.detector.detect(&tf.frame)?;
-        if let Some(face) = faces
-            .iter()
-            .max_by(|a, b| a.bbox.area().total_cmp(&b.bbox.area()))
-        {
+        if let Some(face) = crate::face::largest(&faces, |f| &f.bbox) {
             sum += 1.0 - pad.live_probability(&tf.frame, face)?;
             frames += 1;
         }

@@ -173,10 +173,7 @@ fn samples_of(
         }
         next_at = tf.seconds + opts.gap_s;
         let faces = engine.detector.detect(&tf.frame)?;
-        match faces
-            .iter()
-            .max_by(|a, b| a.bbox.area().total_cmp(&b.bbox.area()))
-        {
+        match crate::face::largest(&faces, |f| &f.bbox) {
             Some(face) => out.push(Sample {
                 subject: index,
                 seconds: tf.seconds,

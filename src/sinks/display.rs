@@ -129,11 +129,9 @@ impl Screen {
         }
     }
 
-    /// The state for one analysed frame: the verdict of the largest face.
+    /// The state for one analysed frame: the verdict of the main face (`FrameResult::main_face`).
     pub fn from_view(view: &LiveView) -> Screen {
-        let main = view.result.faces.iter().max_by(|a, b| {
-            (a.bbox.width() * a.bbox.height()).total_cmp(&(b.bbox.width() * b.bbox.height()))
-        });
+        let main = view.result.main_face();
         Screen {
             label: main.map_or(Label::NoFace, |f| f.verdict.label),
             fake_percent: main

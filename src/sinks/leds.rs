@@ -272,9 +272,7 @@ impl Output for LedOutput {
     }
 
     fn frame(&mut self, view: &LiveView) -> Result<()> {
-        let main = view.result.faces.iter().max_by(|a, b| {
-            (a.bbox.width() * a.bbox.height()).total_cmp(&(b.bbox.width() * b.bbox.height()))
-        });
+        let main = view.result.main_face();
         let now = self.now_ms();
         self.pattern
             .verdict(main.map_or(Label::NoFace, |f| f.verdict.label), now);

@@ -171,7 +171,8 @@ pub fn probe(path: &Path) -> Result<VideoInfo> {
             "-select_streams",
             "v:0",
             "-show_entries",
-            "stream=width,height,avg_frame_rate,r_frame_rate,nb_frames",
+            "stream=width,height,avg_frame_rate,r_frame_rate,nb_frames:stream_tags=rotate:\
+             stream_side_data=rotation",
             "-of",
             "json",
         ])
@@ -187,9 +188,14 @@ pub fn probe(path: &Path) -> Result<VideoInfo> {
         bail!("{}: not a readable video: {cause}", path.display());
     };
     let dim = |k: &str| stream.get(k).and_then(|v| v.as_u64()).unwrap_or(0) as usize;
-    let (width, height) = (dim("width"), dim("height"));
+    let (mut width, mut height) = (dim("width"), dim("height"));
     if width == 0 || height == 0 {
         bail!("{}: not a readable video: no frame size", path.display());
+    }
+    // Phone clips are stored sideways with a rotation to apply on display; ffmpeg applies it
+    // while decoding, so the frames it pipes are the rotated size, not the stored one.
+    if rotation_degrees(stream).rem_euclid(180) == 90 {
+        std::mem::swap(&mut width, &mut height);
     }
     let rate = |k: &str| {
         let s = stream.get(k).and_then(|v| v.as_str()).unwrap_or("0/1");
@@ -215,6 +221,23 @@ pub fn probe(path: &Path) -> Result<VideoInfo> {
         fps,
         frames,
     })
+}
+
+/// The display rotation of a video stream: the display matrix (side data) where there is one,
+/// else the older `rotate` tag; 0 for none.
+fn rotation_degrees(stream: &serde_json::Value) -> i64 {
+    let side_data = stream
+        .get("side_data_list")
+        .and_then(|l| l.as_array())
+        .into_iter()
+        .flatten()
+        .find_map(|d| d.get("rotation").and_then(|r| r.as_f64()));
+    let tag = stream
+        .get("tags")
+        .and_then(|t| t.get("rotate"))
+        .and_then(|r| r.as_str())
+        .and_then(|r| r.trim().parse::<f64>().ok());
+    side_data.or(tag).unwrap_or(0.0).round() as i64
 }
 
 fn last_line(text: &str) -> Option<&str> {

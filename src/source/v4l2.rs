@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use v4l::buffer::Type;
 use v4l::frameinterval::FrameIntervalEnum;
+use v4l::framesize::{FrameSizeEnum, Stepwise as FrameSizeStepwise};
 use v4l::io::traits::CaptureStream;
 use v4l::prelude::MmapStream;
 use v4l::video::Capture;
@@ -22,9 +23,43 @@ use super::camera::{
 use crate::frame::Frame;
 
 /// Opens `/dev/videoN` by path, or the first capture device whose name contains `device`.
+/// A camera that was unplugged while something still held its old node comes back under another
+/// number (/dev/video1 for /dev/video0): when the configured node is gone, the opener looks for
+/// the camera it had before by driver, card and bus, so the daemon finds it again.
 pub struct V4l2Opener {
     pub device: String,
     pub wanted: Wanted,
+    /// Who the last opened camera was (driver, card, bus).
+    last: Option<(String, String, String)>,
+}
+
+impl V4l2Opener {
+    pub fn new(device: String, wanted: Wanted) -> Self {
+        V4l2Opener {
+            device,
+            wanted,
+            last: None,
+        }
+    }
+}
+
+/// The capture node of the camera with this driver, card and bus, by asking every video node.
+fn find_same_camera(driver: &str, card: &str, bus: &str) -> Option<PathBuf> {
+    let mut nodes: Vec<PathBuf> = std::fs::read_dir("/sys/class/video4linux")
+        .ok()?
+        .flatten()
+        .map(|e| Path::new("/dev").join(e.file_name()))
+        .collect();
+    nodes.sort();
+    nodes.into_iter().find(|node| {
+        Device::with_path(node)
+            .and_then(|d| d.query_caps())
+            .is_ok_and(|c| {
+                c.capabilities
+                    .contains(v4l::capability::Flags::VIDEO_CAPTURE)
+                    && (c.driver.as_str(), c.card.as_str(), c.bus.as_str()) == (driver, card, bus)
+            })
+    })
 }
 
 /// Resolve a configured camera to a device node: a path as is, else a name from sysfs.
@@ -66,45 +101,92 @@ fn classify(path: &Path, e: io::Error) -> CameraError {
     }
 }
 
-/// Every (format, size, rates) the device offers.
-fn modes(dev: &Device) -> io::Result<Vec<Mode>> {
+/// Every (format, size, rates) the device offers. A device that lists no sizes for a format
+/// (HDMI capture, whose size follows the incoming signal) offers that format at its current size.
+fn modes(dev: &Device, wanted: &Wanted) -> io::Result<Vec<Mode>> {
     let mut out = Vec::new();
+    let current = dev.format()?;
     for desc in dev.enum_formats()? {
+        let mut sizes = Vec::new();
         for size in dev.enum_framesizes(desc.fourcc).unwrap_or_default() {
-            for d in size.size.to_discrete() {
-                let fps = dev
-                    .enum_frameintervals(desc.fourcc, d.width, d.height)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|i| match i.interval {
-                        FrameIntervalEnum::Discrete(f) if f.numerator > 0 => {
-                            Some(f.denominator as f64 / f.numerator as f64)
-                        }
-                        FrameIntervalEnum::Stepwise(s) if s.min.numerator > 0 => {
-                            Some(s.min.denominator as f64 / s.min.numerator as f64)
-                        }
-                        _ => None,
-                    })
-                    .collect();
-                out.push(Mode {
-                    fourcc: desc.fourcc.repr,
-                    width: d.width,
-                    height: d.height,
-                    fps,
-                });
+            match size.size {
+                FrameSizeEnum::Discrete(d) => sizes.push((d.width, d.height)),
+                FrameSizeEnum::Stepwise(s) => {
+                    sizes.extend(stepwise_sizes(&s, wanted.width, wanted.height))
+                }
             }
+        }
+        if sizes.is_empty() {
+            sizes.push((current.width, current.height));
+        }
+        for (width, height) in sizes {
+            let fps = dev
+                .enum_frameintervals(desc.fourcc, width, height)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|i| match i.interval {
+                    FrameIntervalEnum::Discrete(f) if f.numerator > 0 => {
+                        Some(f.denominator as f64 / f.numerator as f64)
+                    }
+                    FrameIntervalEnum::Stepwise(s) if s.min.numerator > 0 => {
+                        Some(s.min.denominator as f64 / s.min.numerator as f64)
+                    }
+                    _ => None,
+                })
+                .collect();
+            out.push(Mode {
+                fourcc: desc.fourcc.repr,
+                width,
+                height,
+                fps,
+            });
         }
     }
     Ok(out)
 }
 
+/// The sizes worth asking of a camera that takes any size in a range (stepwise or continuous):
+/// the wanted size fitted to the range and its steps, and the range's ends. Listing every step
+/// instead is millions of sizes (16..4096 by 1 in each direction) and ran a VM out of memory.
+fn stepwise_sizes(s: &FrameSizeStepwise, width: u32, height: u32) -> Vec<(u32, u32)> {
+    let fit = |want: u32, min: u32, max: u32, step: u32| {
+        let step = step.max(1);
+        let want = want.clamp(min, max.max(min));
+        min + (want - min) / step * step
+    };
+    let mut sizes = vec![
+        (
+            fit(width, s.min_width, s.max_width, s.step_width),
+            fit(height, s.min_height, s.max_height, s.step_height),
+        ),
+        (s.min_width, s.min_height),
+        (s.max_width, s.max_height),
+    ];
+    sizes.dedup();
+    sizes
+}
+
 impl CameraOpener for V4l2Opener {
     fn open(&mut self) -> Result<Box<dyn CameraDevice>, CameraError> {
-        let path = resolve(&self.device)?;
-        let name = path.display().to_string();
+        let mut path = resolve(&self.device)?;
         if !path.exists() {
-            return Err(CameraError::NotFound(name));
+            let moved = self
+                .last
+                .as_ref()
+                .and_then(|(driver, card, bus)| find_same_camera(driver, card, bus));
+            match moved {
+                Some(node) => {
+                    log::warn!(
+                        "{}: gone; the same camera is back as {}",
+                        path.display(),
+                        node.display()
+                    );
+                    path = node;
+                }
+                None => return Err(CameraError::NotFound(path.display().to_string())),
+            }
         }
+        let name = path.display().to_string();
         let dev = Device::with_path(&path).map_err(|e| classify(&path, e))?;
         let caps = dev.query_caps().map_err(|e| classify(&path, e))?;
         if !caps
@@ -116,7 +198,7 @@ impl CameraOpener for V4l2Opener {
                 format!("{} has no video capture", caps.card),
             ));
         }
-        let offered = modes(&dev).map_err(|e| classify(&path, e))?;
+        let offered = modes(&dev, &self.wanted).map_err(|e| classify(&path, e))?;
         let choice = negotiate(&offered, &self.wanted).ok_or_else(|| {
             let list: Vec<String> = offered.iter().map(|m| fourcc_str(m.fourcc)).collect();
             CameraError::NoUsableFormat(name.clone(), list.join(", "))
@@ -148,6 +230,7 @@ impl CameraOpener for V4l2Opener {
                 self.wanted.fps
             );
         }
+        self.last = Some((caps.driver.clone(), caps.card.clone(), caps.bus.clone()));
         let identity = CameraIdentity {
             node: name.clone(),
             driver: caps.driver.clone(),
@@ -277,15 +360,41 @@ mod tests {
     use crate::source::camera::PixelFormat;
 
     fn opener(device: &str) -> V4l2Opener {
-        V4l2Opener {
-            device: device.into(),
-            wanted: Wanted {
+        V4l2Opener::new(
+            device.into(),
+            Wanted {
                 format: PixelFormat::Auto,
                 width: 640,
                 height: 480,
                 fps: 15.0,
             },
-        }
+        )
+    }
+
+    #[test]
+    fn a_camera_taking_any_size_is_asked_for_a_few() {
+        let any = FrameSizeStepwise {
+            min_width: 16,
+            max_width: 4096,
+            step_width: 1,
+            min_height: 16,
+            max_height: 2160,
+            step_height: 1,
+        };
+        let sizes = stepwise_sizes(&any, 640, 480);
+        assert_eq!(sizes, vec![(640, 480), (16, 16), (4096, 2160)]);
+        // Steps and bounds: the wanted size snapped down to a step inside the range.
+        let coarse = FrameSizeStepwise {
+            min_width: 160,
+            max_width: 1280,
+            step_width: 64,
+            min_height: 120,
+            max_height: 720,
+            step_height: 16,
+        };
+        assert_eq!(stepwise_sizes(&coarse, 650, 490)[0], (608, 488));
+        assert_eq!(stepwise_sizes(&coarse, 3840, 2160)[0], (1248, 712));
+        assert_eq!(stepwise_sizes(&coarse, 8, 8)[0], (160, 120));
     }
 
     #[test]
