@@ -1,7 +1,7 @@
 //! veriface: face by face, live person or deepfake, and which emotion — on edge boards.
 //!
 //! Stages, each a module, in layers from the bottom up (ARCHITECTURE.md; `tests/architecture.rs`
-//! checks that no module imports from a layer above it): [`frame`], [`manifest`], [`source`]
+//! checks that no module imports from a layer above it): [`frame`] and [`clock`], [`manifest`], [`source`]
 //! (frames in) and [`infer`] (backends that run the ONNX models); [`face`] (detect, track,
 //! crop); [`analysis`] (deepfake, emotion), [`identity`] and [`liveness`]; [`verdict`] (temporal
 //! decision, results); [`sinks`] (report, plots, display, LEDs, records); [`pipeline`] wires
@@ -10,6 +10,7 @@
 pub mod analysis;
 pub mod api;
 pub mod bench;
+pub mod clock;
 pub mod daemon;
 pub mod eval;
 pub mod face;

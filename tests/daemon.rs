@@ -217,6 +217,105 @@ fn sighup_reloads_the_config_and_keeps_running() {
     );
 }
 
+/// Faults under a running daemon: its status path blocked (the folder is a file) and then freed,
+/// and a model file replaced by another followed by SIGHUP. The daemon stays up through both,
+/// says one line for each, keeps the running models and loses no record.
+#[test]
+fn faults_keep_the_daemon_up_with_one_line_each() {
+    let dir = scratch("faults");
+    // A private manifest whose files link to the real ones, so one can be replaced.
+    let models = dir.join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    for entry in std::fs::read_dir(repo().join("models")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_owned();
+        if path.extension().is_some_and(|e| e == "onnx") {
+            std::os::unix::fs::symlink(&path, models.join(&name)).unwrap();
+        } else if name == "manifest.toml" {
+            std::fs::copy(&path, models.join(&name)).unwrap();
+        }
+    }
+    let blocked = dir.join("blocked");
+    std::fs::write(&blocked, "a file where the status folder should be").unwrap();
+    let mut child = bin()
+        .env("RUST_LOG", "info")
+        .args([
+            "run",
+            "--source",
+            "tests/data/astronaut_zoom.mp4",
+            "--loop",
+            "--quiet",
+        ])
+        .args(["--config", "cross/veriface.toml", "--models"])
+        .arg(models.join("manifest.toml"))
+        .arg("--records")
+        .arg(dir.join("records"))
+        .arg("--status")
+        .arg(blocked.join("status.json"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Several status intervals (1 s) fail; then the path is freed and the file appears.
+    std::thread::sleep(Duration::from_millis(3500));
+    assert!(child.try_wait().unwrap().is_none(), "the daemon stopped");
+    std::fs::remove_file(&blocked).unwrap();
+    wait_for(
+        "the status file once its path is free",
+        Duration::from_secs(30),
+        || status(&blocked).is_some_and(|s| s["frames"].as_u64().unwrap_or(0) >= 3),
+    );
+    // Another model under the deepfake model's name, then SIGHUP: refused, the old one runs on.
+    let frame_model = models.join("deepfake_effnet_lite0.onnx");
+    std::fs::remove_file(&frame_model).unwrap();
+    std::fs::copy(
+        repo().join("models/deepfake_effnet_lite0_int8_qdq.onnx"),
+        &frame_model,
+    )
+    .unwrap();
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(1500));
+    let frames_before = status(&blocked).unwrap()["frames"].as_u64().unwrap();
+    wait_for(
+        "frames after the refused reload",
+        Duration::from_secs(30),
+        || status(&blocked).is_some_and(|s| s["frames"].as_u64().unwrap_or(0) > frames_before),
+    );
+    assert!(terminate(&mut child).success());
+    let err = drain(child.stderr.take());
+    let said = |needle: &str| err.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(said("cannot create folder"), 1, "{err}");
+    assert_eq!(said("status file written again"), 1, "{err}");
+    assert_eq!(
+        said("reload failed, keeping the running models"),
+        1,
+        "{err}"
+    );
+    assert!(
+        err.contains("deepfake_effnet_lite0.onnx: sha256") && err.contains("does not match"),
+        "{err}"
+    );
+    // Every record intact, from the start to the stop.
+    let out = bin()
+        .args(["log", "decode"])
+        .arg(dir.join("records"))
+        .output()
+        .unwrap();
+    let decoded = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && out.stderr.is_empty(), "{:?}", out);
+    assert!(decoded
+        .lines()
+        .next()
+        .unwrap()
+        .contains(r#""event":"start""#));
+    assert!(decoded
+        .lines()
+        .last()
+        .unwrap()
+        .contains(r#""event":"stop""#));
+    assert!(decoded.contains(r#""event":"face""#));
+}
+
 #[test]
 fn systemd_is_told_ready_and_stopping() {
     let dir = scratch("notify");

@@ -43,6 +43,8 @@ pub(super) struct ControlLoop<'a> {
     last_print: HashMap<u32, (Label, Instant)>,
     last_verdict_at: Instant,
     stall_reported: bool,
+    /// The status file could not be written last time: said once, not every interval.
+    status_failing: bool,
     /// The status snapshot the API's `status` request answers with.
     snapshot: Arc<std::sync::Mutex<serde_json::Value>>,
 }
@@ -104,6 +106,7 @@ impl<'a> ControlLoop<'a> {
             last_print: Default::default(),
             last_verdict_at: Instant::now(),
             stall_reported: false,
+            status_failing: false,
             snapshot,
         }
     }
@@ -209,7 +212,7 @@ impl<'a> ControlLoop<'a> {
             camera: &self.camera,
             fps: self.status.fps,
             wall_ms: wall_ms(),
-            mono_ms: self.started.elapsed().as_millis() as u64,
+            mono_ms: mono_ms(),
         };
         tell(&mut self.outputs, |o| o.frame(&view));
         if !self.ready_sent {
@@ -361,8 +364,16 @@ impl<'a> ControlLoop<'a> {
         if self.cfg.status.path.is_empty() {
             return;
         }
-        if let Err(e) = status.write_atomic(Path::new(&self.cfg.status.path)) {
-            log::warn!("{e:#}");
+        match status.write_atomic(Path::new(&self.cfg.status.path)) {
+            Err(e) if !self.status_failing => {
+                self.status_failing = true;
+                log::warn!("{e:#} (the daemon goes on; said once until it works again)");
+            }
+            Ok(()) if self.status_failing => {
+                self.status_failing = false;
+                log::warn!("{}: status file written again", self.cfg.status.path);
+            }
+            _ => {}
         }
     }
 }

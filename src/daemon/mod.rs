@@ -72,24 +72,7 @@ pub(super) fn engine_config(cfg: &Config) -> Result<EngineConfig> {
     })
 }
 
-/// Milliseconds on the monotonic clock since the daemon started, never 0 (a `busy_since` of 0
-/// means idle). For the stall watchdog: boards without a battery-backed clock set their wall clock
-/// at boot when NTP answers, and a jump must not fake a stall or hide a real one.
-pub(super) fn mono_ms() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_millis() as u64
-        + 1
-}
-
-pub(super) fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(super) use crate::clock::{mono_ms, wall_ms};
 
 /// The outputs (records, display, LEDs) a config asks for.
 pub fn outputs_for(cfg: &Config) -> Vec<Box<dyn Output>> {

@@ -139,16 +139,22 @@ else
 fi
 exec 3<&-
 
+# ---- 5. SIGTERM while the daemon is reconnecting (camera unplugged): a clean, prompt stop
+echo vivid.0 >/sys/bus/platform/drivers/vivid/unbind
+wait_for /tmp/run.log 5 3 "camera lost"
+t0=$(uptime_ms)
 kill -TERM $daemon
 wait $daemon
 rc=$?
+ms=$(($(uptime_ms) - t0))
 daemon=
-check clean_stop "exit status $rc after SIGTERM" test $rc -eq 0
+echo vivid.0 >/sys/bus/platform/drivers/vivid/bind
+check clean_stop_while_reconnecting "exit status $rc, ${ms} ms after SIGTERM" test $rc -eq 0 -a $ms -le 2000
 grep -E "ERROR|WARN|error" /tmp/run.log | head -20 | sed 's/^/INFO log: /'
 
 fi
 
-# ---- 5. faces through the driver: frames of a real clip written to vivid's output device come
+# ---- 6. faces through the driver: frames of a real clip written to vivid's output device come
 # back on its capture device (loop_video) into the daemon; the verdicts are printed for the host
 # to compare with `run --source` on the same frames.
 rmmod vivid 2>/dev/null

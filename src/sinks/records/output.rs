@@ -1,13 +1,13 @@
 //! The live run's record output: which analysed frames and events become records.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::Result;
 
 use super::format::*;
 use super::writer::{RecordWriter, StatVfs};
 use super::RecordsConfig;
+use crate::clock::{Clock, SystemClock};
 use crate::sinks::output::{DaemonEvent, LiveView, Output, SessionEnd};
 use crate::verdict::session::Decision;
 use crate::verdict::Label;
@@ -60,11 +60,13 @@ fn session_record(end: &SessionEnd) -> SessionRecord {
 }
 
 /// The daemon's record output: a face record when a track appears or its verdict changes, and
-/// at most one per track per `face_interval_ms` otherwise (an SD card lasts longer).
+/// at most one per track per `face_interval_ms` otherwise (an SD card lasts longer). Face records
+/// carry the analysed frame's clocks, events the output's clock: one monotonic base for both, so
+/// `mono_ms` orders the records whatever the wall clock does.
 pub struct RecordsOutput {
     writer: RecordWriter,
     device: heapless::String<32>,
-    started: Instant,
+    clock: Box<dyn Clock>,
     deepfake_model: u32,
     deepfake_key: String,
     last: std::collections::HashMap<u32, (Label, u64)>,
@@ -75,11 +77,21 @@ impl RecordsOutput {
     /// `device_id` names the device in every record; `deepfake_key` is the manifest key of the
     /// frame model whose hash the records carry.
     pub fn open(cfg: &RecordsConfig, device_id: &str, deepfake_key: &str) -> Result<Self> {
+        Self::with_clock(cfg, device_id, deepfake_key, Box::new(SystemClock))
+    }
+
+    /// As `open`, with the clock that stamps event records (tests make it jump).
+    pub fn with_clock(
+        cfg: &RecordsConfig,
+        device_id: &str,
+        deepfake_key: &str,
+        clock: Box<dyn Clock>,
+    ) -> Result<Self> {
         let dir = PathBuf::from(&cfg.dir);
         Ok(RecordsOutput {
             writer: RecordWriter::open(&dir, cfg.clone(), Box::new(StatVfs))?,
             device: short(device_id),
-            started: Instant::now(),
+            clock,
             deepfake_model: 0,
             deepfake_key: deepfake_key.to_string(),
             last: Default::default(),
@@ -87,21 +99,14 @@ impl RecordsOutput {
         })
     }
 
-    fn record(&self, wall_ms: u64, event: Event) -> Record {
+    fn record(&self, wall_ms: u64, mono_ms: u64, event: Event) -> Record {
         Record {
             wall_ms,
-            mono_ms: self.started.elapsed().as_millis() as u64,
+            mono_ms,
             device: self.device.clone(),
             event,
         }
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Output for RecordsOutput {
@@ -131,6 +136,7 @@ impl Output for RecordsOutput {
             let emotion = face.analysis.emotion.as_ref();
             let rec = self.record(
                 view.wall_ms,
+                view.mono_ms,
                 Event::Face(FaceRecord {
                     track: face.track,
                     frame: view.result.index,
@@ -175,7 +181,7 @@ impl Output for RecordsOutput {
             | DaemonEvent::SessionProgress { .. }
             | DaemonEvent::SessionPrompt(_) => return Ok(()),
         };
-        let rec = self.record(now_ms(), ev);
+        let rec = self.record(self.clock.wall_ms(), self.clock.mono_ms(), ev);
         self.writer.write(&rec)?;
         // A session's decision is what a kiosk operator audits: on disk at once, like a stop.
         if matches!(
@@ -196,6 +202,118 @@ impl Output for RecordsOutput {
 mod tests {
     use super::*;
     use crate::verdict::session::{Component, Liveness, Outcome, Reason};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    /// A clock the test sets by hand.
+    struct HandClock {
+        mono: Arc<AtomicU64>,
+        wall: Arc<AtomicU64>,
+    }
+
+    impl Clock for HandClock {
+        fn mono_ms(&self) -> u64 {
+            self.mono.load(Ordering::Relaxed)
+        }
+        fn wall_ms(&self) -> u64 {
+            self.wall.load(Ordering::Relaxed)
+        }
+    }
+
+    /// The wall clock jumps an hour back (NTP on a board without a clock): the face throttle
+    /// follows the monotonic clock, nothing is dropped or doubled, and the records keep their
+    /// write order with `mono_ms` never going back; the wall stamps are what the clock said.
+    #[test]
+    fn records_follow_the_monotonic_clock_when_the_wall_clock_jumps() {
+        use crate::verdict::{FaceResult, FrameResult, Verdict};
+        let dir = std::env::temp_dir().join(format!("veriface-clock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = RecordsConfig {
+            dir: dir.display().to_string(),
+            flush_ms: 0,
+            min_free_mib: 0,
+            face_interval_ms: 1000,
+            ..Default::default()
+        };
+        let (mono, wall) = (Arc::new(AtomicU64::new(1)), Arc::new(AtomicU64::new(0)));
+        let hour = 3_600_000;
+        let start_wall = 1_800_000_000_000;
+        let clock = HandClock {
+            mono: mono.clone(),
+            wall: wall.clone(),
+        };
+        let mut out = RecordsOutput::with_clock(&cfg, "test", "deepfake", Box::new(clock)).unwrap();
+        wall.store(start_wall, Ordering::Relaxed);
+        out.event(&DaemonEvent::CameraBack("test".into())).unwrap();
+        let face = FaceResult {
+            track: 1,
+            score: 0.9,
+            bbox: crate::face::BoxF {
+                xmin: 10.0,
+                ymin: 10.0,
+                xmax: 60.0,
+                ymax: 60.0,
+            },
+            analysis: Default::default(),
+            analysed: true,
+            verdict: Verdict {
+                label: Label::Real,
+                smoothed: Some(0.1),
+                confidence: 0.8,
+                consistency: 1.0,
+                frames: 5,
+            },
+        };
+        let camera = crate::source::camera::CameraState::Streaming("test".into());
+        // Frames every 500 ms; the wall clock goes back an hour before the fourth.
+        for (i, at) in [100u64, 600, 1100, 1600, 2100, 2600]
+            .into_iter()
+            .enumerate()
+        {
+            let wall_now = start_wall + at - if i >= 3 { hour } else { 0 };
+            let result = FrameResult {
+                index: i as u64,
+                seconds: at as f64 / 1000.0,
+                faces: vec![face.clone()],
+                ended_tracks: vec![],
+            };
+            let view = LiveView {
+                result: &result,
+                emotion_classes: &[],
+                camera: &camera,
+                fps: 2.0,
+                wall_ms: wall_now,
+                mono_ms: at,
+            };
+            out.frame(&view).unwrap();
+            mono.store(at, Ordering::Relaxed);
+            wall.store(wall_now, Ordering::Relaxed);
+        }
+        out.event(&DaemonEvent::CameraLost("unplugged".into()))
+            .unwrap();
+        out.shutdown().unwrap();
+        let files = super::super::record_files(&dir).unwrap();
+        let decoded = decode_file(&files[0]).unwrap();
+        let records: Vec<&Record> = decoded.records.iter().map(|(_, r)| r).collect();
+        let faces: Vec<u64> = records
+            .iter()
+            .filter(|r| matches!(r.event, Event::Face(_)))
+            .map(|r| r.mono_ms)
+            .collect();
+        assert_eq!(
+            faces,
+            vec![100, 1100, 2100],
+            "one face record per second of monotonic time"
+        );
+        let monos: Vec<u64> = records.iter().map(|r| r.mono_ms).collect();
+        assert!(monos.windows(2).all(|w| w[0] <= w[1]), "{monos:?}");
+        assert_eq!(records.last().unwrap().wall_ms, start_wall + 2600 - hour);
+        assert!(matches!(
+            records.last().unwrap().event,
+            Event::CameraLost { .. }
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn a_session_record_keeps_scores_reasons_and_liveness_and_the_embedding_only_if_given() {
