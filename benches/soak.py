@@ -31,19 +31,11 @@ import time
 import zlib
 from pathlib import Path
 
+from run_memory import vm_kib  # /proc/PID/status fields, in kB (or a count)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 IMAGES = (".jpg", ".jpeg", ".png")
-
-
-def proc_field(pid: int, field: str) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 def blank_png(path: Path, width: int = 200, height: int = 200) -> None:
@@ -137,9 +129,9 @@ def main() -> None:
                 records = sum(p.stat().st_size for p in (tmp / "records").glob("*.vfr"))
                 s = {
                     "t_s": round(time.monotonic() - start, 1),
-                    "rss_kib": proc_field(proc.pid, "VmRSS") or 0,
+                    "rss_kib": vm_kib(proc.pid, "VmRSS") or 0,
                     "fds": len(os.listdir(f"/proc/{proc.pid}/fd")),
-                    "threads": proc_field(proc.pid, "Threads") or 0,
+                    "threads": vm_kib(proc.pid, "Threads") or 0,
                     "records_kib": records // 1024,
                     "frames": status.get("frames", 0),
                     "fps": round(status.get("fps", 0.0), 1),

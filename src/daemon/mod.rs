@@ -83,6 +83,66 @@ pub fn outputs_for(cfg: &Config) -> Vec<Box<dyn Output>> {
         display: &cfg.display,
         leds: &cfg.leds,
     })
+    .into_iter()
+    .map(|o| Box::new(ReportedOnce::new(o)) as Box<dyn Output>)
+    .collect()
+}
+
+/// An output whose failures are reported once, not once a frame: a full disk or an unplugged
+/// panel would otherwise write a log line per frame for as long as it lasts. The first failure
+/// is returned (and logged by the caller); repeats are counted; the first success after them
+/// says how many calls failed.
+pub struct ReportedOnce {
+    inner: Box<dyn Output>,
+    failed: u64,
+}
+
+impl ReportedOnce {
+    pub fn new(inner: Box<dyn Output>) -> Self {
+        ReportedOnce { inner, failed: 0 }
+    }
+
+    fn judge(&mut self, result: anyhow::Result<()>) -> anyhow::Result<()> {
+        match result {
+            Ok(()) => {
+                if self.failed > 0 {
+                    log::warn!(
+                        "{}: working again ({} calls failed)",
+                        self.inner.name(),
+                        self.failed
+                    );
+                    self.failed = 0;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.failed += 1;
+                if self.failed == 1 {
+                    Err(e.context("said once until it works again"))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+impl Output for ReportedOnce {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    fn frame(&mut self, view: &sinks::output::LiveView) -> anyhow::Result<()> {
+        let r = self.inner.frame(view);
+        self.judge(r)
+    }
+    fn event(&mut self, event: &sinks::output::DaemonEvent) -> anyhow::Result<()> {
+        let r = self.inner.event(event);
+        self.judge(r)
+    }
+    fn shutdown(&mut self) -> anyhow::Result<()> {
+        // The last word: always reported.
+        self.inner.shutdown()
+    }
 }
 
 /// The camera (behind the camera-injection checks), or the file source; and the shared camera
@@ -301,5 +361,53 @@ fn drive(
             return None;
         }
         control.status_tick();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sinks::output::DaemonEvent;
+
+    /// Fails while `broken` is set.
+    struct Flaky {
+        broken: Arc<AtomicBool>,
+    }
+
+    impl Output for Flaky {
+        fn name(&self) -> String {
+            "flaky".into()
+        }
+        fn frame(&mut self, _: &sinks::output::LiveView) -> Result<()> {
+            unreachable!("the test sends events")
+        }
+        fn event(&mut self, _: &DaemonEvent) -> Result<()> {
+            if self.broken.load(Ordering::Relaxed) {
+                bail!("disk full")
+            }
+            Ok(())
+        }
+        fn shutdown(&mut self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failing_output_is_reported_once_per_outage() {
+        let broken = Arc::new(AtomicBool::new(true));
+        let mut out = ReportedOnce::new(Box::new(Flaky {
+            broken: broken.clone(),
+        }));
+        let mut errors = || {
+            (0..5)
+                .filter(|_| out.event(&DaemonEvent::Stopping).is_err())
+                .count()
+        };
+        assert_eq!(errors(), 1, "five failures, one report");
+        broken.store(false, Ordering::Relaxed);
+        assert_eq!(errors(), 0);
+        // A new outage is reported again.
+        broken.store(true, Ordering::Relaxed);
+        assert_eq!(errors(), 1);
     }
 }

@@ -68,26 +68,6 @@ load_vivid n_devs=1 node_types=0x1 num_inputs=1 input_types=0x0
 check driver_loads "vivid capture node" test -c /dev/video0
 
 write_config /tmp/veriface.toml /dev/video0 640 360 /tmp/records 1000
-device_id = "vm"
-[camera]
-device = "/dev/video0"
-width = 640
-height = 360
-fps = 25.0
-format = "auto"
-timeout_s = 2.0
-reopen_max_s = 1.0
-allow_virtual = true
-[engine]
-models = "/opt/models/manifest.toml"
-threads = 2
-[status]
-path = "/tmp/status.json"
-interval_s = 0.5
-[records]
-enabled = true
-dir = "/tmp/records"
-EOF
 
 RUST_LOG=info veriface run --config /tmp/veriface.toml --quiet >/tmp/run.out 2>/tmp/run.log &
 daemon=$!

@@ -172,7 +172,7 @@ run_arch() {
     kernel_pkg=$(dpkg-deb -f "$debs"/linux-image-"${deb}"_*.deb Depends | sed 's/ (.*//;s/,.*//')
     download "$debs" "$deb" "$kernel_pkg"
     # v4l2-ctl is C++: its libstdc++ comes along.
-    download "$debs" "$deb" libstdc++6 libgcc-s1 libc6
+    download "$debs" "$deb" libstdc++6 libgcc-s1 libc6 libudev1 libjpeg62-turbo
 
     local unpacked=$work/unpacked
     if [ ! -f "$unpacked/.done-$kernel_pkg" ]; then
@@ -184,9 +184,11 @@ run_arch() {
     local kver=${kernel_pkg#linux-image-}
     local kernel=$unpacked/boot/vmlinuz-$kver
     if [ "$arch" = aarch64 ]; then
-        # The arm64 package ships a gzip'ed Image, which qemu's -kernel does not unpack.
-        if [ ! -f "$work/Image" ]; then gzip -dc "$kernel" >"$work/Image"; fi
-        kernel=$work/Image
+        # The arm64 package may ship a gzip'ed Image, which qemu's -kernel does not unpack.
+        if gzip -t "$kernel" 2>/dev/null; then
+            gzip -dc "$kernel" >"$work/Image"
+            kernel=$work/Image
+        fi
     fi
 
     echo "== vm $arch: initramfs"
