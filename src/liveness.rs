@@ -18,6 +18,7 @@ use crate::manifest::{sha256_hex, Manifest, ModelSpec};
 
 pub mod camera;
 pub mod challenge;
+pub mod planarity;
 
 pub const PAD_TASK: &str = "pad";
 /// The class a PAD model's entry names for a live face.

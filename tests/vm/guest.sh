@@ -67,7 +67,20 @@ if [ "${VM_ONLY:-}" != loopback ]; then
 load_vivid n_devs=1 node_types=0x1 num_inputs=1 input_types=0x0
 check driver_loads "vivid capture node" test -c /dev/video0
 
+# The camera-injection check on the real driver: vivid is a virtual camera, refused unless the
+# config allows it (on a kiosk it never does).
 write_config /tmp/veriface.toml /dev/video0 640 360 /tmp/records 1000
+sed 's/^allow_virtual = true/allow_virtual = false/' /tmp/veriface.toml >/tmp/kiosk.toml
+RUST_LOG=info veriface run --config /tmp/kiosk.toml --quiet >/dev/null 2>/tmp/kiosk.log &
+daemon=$!
+if wait_for /tmp/kiosk.log 120 1 "refused"; then
+    pass virtual_camera_refused "$(grep -F refused /tmp/kiosk.log | head -1 | sed 's/.*\] //')"
+else
+    fail virtual_camera_refused "$(tail -2 /tmp/kiosk.log)"
+fi
+kill -TERM $daemon
+wait $daemon
+daemon=
 
 RUST_LOG=info veriface run --config /tmp/veriface.toml --quiet >/tmp/run.out 2>/tmp/run.log &
 daemon=$!

@@ -57,29 +57,18 @@ download() {
 }
 
 apt_foreign() {
+    # The host's sources (they name no architecture, so they serve the one configured here),
+    # with a private state and cache: the host's own package index is left alone.
     local arch=$1
     shift
     local state=$repo/target/vm/apt-$arch
+    local opts=(-o Dir::State="$state" -o Dir::Cache="$state/cache"
+        -o APT::Architecture="$arch" -o APT::Architectures="$arch")
     if [ ! -d "$state/lists" ]; then
         mkdir -p "$state/lists/partial" "$state/cache/archives/partial"
-        grep -h '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
-            sed "s/^deb /deb [arch=$arch] /" >"$state/sources.list" || true
-        if [ ! -s "$state/sources.list" ]; then
-            # deb822 sources (Debian 12 images)
-            for f in /etc/apt/sources.list.d/*.sources; do
-                [ -f "$f" ] || continue
-                awk -v a="$arch" '/^URIs:/{u=$2} /^Suites:/{$1="";s=$0} /^Components:/{$1="";c=$0}
-                    /^$/{if(u){n=split(s,ss," ");for(i=1;i<=n;i++)print "deb [arch=" a " trusted=yes] " u " " ss[i] c};u=""}
-                    END{if(u){n=split(s,ss," ");for(i=1;i<=n;i++)print "deb [arch=" a " trusted=yes] " u " " ss[i] c}}' "$f"
-            done >"$state/sources.list"
-        fi
-        apt-get -q -o Dir::State="$state" -o Dir::Cache="$state/cache" \
-            -o Dir::Etc::SourceList="$state/sources.list" -o Dir::Etc::SourceParts=/dev/null \
-            -o APT::Architecture="$arch" -o APT::Architectures="$arch" update >/dev/null
+        apt-get -q "${opts[@]}" update >/dev/null
     fi
-    apt-get -q -o Dir::State="$state" -o Dir::Cache="$state/cache" \
-        -o Dir::Etc::SourceList="$state/sources.list" -o Dir::Etc::SourceParts=/dev/null \
-        -o APT::Architecture="$arch" -o APT::Architectures="$arch" "$@"
+    apt-get -q "${opts[@]}" "$@"
 }
 
 # Shared libraries a binary needs (NEEDED entries, recursively) from the given library folders.
