@@ -487,11 +487,16 @@ fn api_socket_runs_verification_sessions_against_the_live_source() {
     use std::os::unix::net::UnixStream;
     let dir = scratch("api");
     let socket = dir.join("api.sock");
+    let config = dir.join("veriface.toml");
+    std::fs::copy(repo().join("cross/veriface.toml"), &config).unwrap();
     let faces = common::shared().join("data/faces/real");
     let mut child = bin()
         .args(["run", "--source"])
         .arg(faces.join("liveportrait_driving_videos/lp_d11.mp4"))
-        .args(["--loop", "--config", "cross/veriface.toml", "--records"])
+        .arg("--loop")
+        .arg("--config")
+        .arg(&config)
+        .arg("--records")
         .arg(dir.join("records"))
         .arg("--api")
         .arg(&socket)
@@ -563,6 +568,21 @@ fn api_socket_runs_verification_sessions_against_the_live_source() {
         image::open(dir.join("screen.png")).is_ok_and(|img| img.to_rgb8().get_pixel(5, 5).0 == red)
     });
 
+    // SIGHUP with the active challenge turned on: the next session announces its prompt.
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("challenge_prompts = 0"));
+    std::fs::write(
+        &config,
+        text.replace("challenge_prompts = 0", "challenge_prompts = 1")
+            .replace("prompt_timeout_s = 5.0", "prompt_timeout_s = 1.0"),
+    )
+    .unwrap();
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(1500));
+    let challenged = verify(&faces.join("liveportrait_driving/lp_d11_f0128.jpg"));
+    let err = String::from_utf8_lossy(&challenged.stderr).to_string();
+    assert!(err.contains("prompt 1/1: "), "{err}");
+
     assert!(terminate(&mut child).success());
     assert!(!socket.exists(), "the socket is removed at the stop");
     let decoded = bin()
@@ -575,7 +595,7 @@ fn api_socket_runs_verification_sessions_against_the_live_source() {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|r| r["event"] == "session")
         .collect();
-    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    assert_eq!(sessions.len(), 3, "{sessions:?}");
     assert_eq!(sessions[0]["decision"], "VERIFIED");
     assert_eq!(sessions[1]["decision"], "REJECTED");
     assert_eq!(sessions[1]["reasons"][0], "match");

@@ -121,8 +121,15 @@ fn through_daemon(socket: &Path, args: &VerifyArgs) -> Result<ExitCode> {
     }});
     let last = veriface::api::client_session(socket, &request, |event| {
         if let Some(kind) = event.get("event").and_then(|e| e.as_str()) {
-            match (event.get("frames"), event.get("needed")) {
-                (Some(f), Some(n)) => eprintln!("{kind}: {f}/{n} frames"),
+            let field = |k: &str| event.get(k).cloned().unwrap_or_default();
+            match kind {
+                "progress" => eprintln!("{kind}: {}/{} frames", field("frames"), field("needed")),
+                "prompt" => eprintln!(
+                    "{kind} {}/{}: {}",
+                    field("index").as_u64().unwrap_or(0) + 1,
+                    field("count"),
+                    field("instruction").as_str().unwrap_or_default()
+                ),
                 _ => eprintln!("{kind}"),
             }
         }

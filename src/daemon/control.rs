@@ -13,9 +13,8 @@ use anyhow::Result;
 use super::config::Config;
 use super::notify::Notifier;
 use super::status::{LastVerdict, StageMs, Status};
-use super::threads::{Analysed, Latest, Loaded};
+use super::threads::{Analysed, Latest, Loaded, Reload};
 use super::{effective_config, engine_config, mono_ms, outputs_for, wall_ms, RunOptions};
-use crate::pipeline::EngineConfig;
 use crate::sinks::{report, DaemonEvent, LiveView, Output};
 use crate::source::camera::{CameraEvent, CameraState};
 use crate::verdict::session::Decision;
@@ -30,7 +29,7 @@ pub(super) struct ControlLoop<'a> {
     started: Instant,
     latest: Arc<Latest>,
     busy_since: Arc<AtomicU64>,
-    reload: Sender<EngineConfig>,
+    reload: Sender<Reload>,
     classes: Vec<String>,
     source_name: String,
     status: Status,
@@ -60,7 +59,7 @@ impl<'a> ControlLoop<'a> {
         started: Instant,
         latest: Arc<Latest>,
         busy_since: Arc<AtomicU64>,
-        reload: Sender<EngineConfig>,
+        reload: Sender<Reload>,
         snapshot: Arc<std::sync::Mutex<serde_json::Value>>,
     ) -> ControlLoop<'a> {
         let mut outputs = outputs_for(&cfg);
@@ -127,8 +126,12 @@ impl<'a> ControlLoop<'a> {
             );
         }
         match engine_config(&new) {
-            Ok(ec) => {
-                let _ = self.reload.send(ec);
+            Ok(engine) => {
+                let _ = self.reload.send(Reload {
+                    engine,
+                    liveness: new.liveness.clone(),
+                    store_embeddings: new.privacy.store_embeddings,
+                });
             }
             Err(e) => log::error!("SIGHUP: {e:#}"),
         }

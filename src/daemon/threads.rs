@@ -97,6 +97,14 @@ pub(super) struct Extras {
     pub(super) liveness: LivenessConfig,
 }
 
+/// What a SIGHUP hands the analysis thread: the models and thresholds, and the settings the
+/// next verification session starts with.
+pub(super) struct Reload {
+    pub(super) engine: EngineConfig,
+    pub(super) liveness: LivenessConfig,
+    pub(super) store_embeddings: bool,
+}
+
 /// The session in progress and who asked for it.
 struct Active {
     session: VerifySession,
@@ -301,7 +309,7 @@ pub(super) fn spawn_analysis(
     latest: Arc<Latest>,
     stop: Arc<AtomicBool>,
     busy_since_ms: Arc<AtomicU64>,
-    reload: Receiver<EngineConfig>,
+    reload: Receiver<Reload>,
     out: Sender<AnalysisMsg>,
     extras: Extras,
 ) -> JoinHandle<()> {
@@ -313,11 +321,15 @@ pub(super) fn spawn_analysis(
             };
             let mut labels: std::collections::HashMap<u32, Label> = Default::default();
             let mut active: Option<Active> = None;
+            let mut extras = extras;
             'engine: loop {
                 let mut stream = engine.stream();
                 while !stop.load(Ordering::Relaxed) {
-                    if let Ok(cfg) = reload.try_recv() {
-                        match Engine::load(cfg) {
+                    if let Ok(r) = reload.try_recv() {
+                        // Sessions from now on use the new settings; one in progress keeps its own.
+                        extras.liveness = r.liveness;
+                        extras.store_embeddings = r.store_embeddings;
+                        match Engine::load(r.engine) {
                             Ok(e) => {
                                 engine = e;
                                 log::info!("models and thresholds reloaded");
