@@ -14,7 +14,7 @@ use super::config::Config;
 use super::notify::Notifier;
 use super::status::{LastVerdict, StageMs, Status};
 use super::threads::{Analysed, Latest, Loaded, Reload};
-use super::{effective_config, engine_config, mono_ms, outputs_for, wall_ms, RunOptions};
+use super::{effective_config, engine_config, mono_ms, outputs_for, wall_ms, Outage, RunOptions};
 use crate::sinks::{report, DaemonEvent, LiveView, Output};
 use crate::source::camera::{CameraEvent, CameraState};
 use crate::verdict::session::Decision;
@@ -42,8 +42,8 @@ pub(super) struct ControlLoop<'a> {
     last_print: HashMap<u32, (Label, Instant)>,
     last_verdict_at: Instant,
     stall_reported: bool,
-    /// The status file could not be written last time: said once, not every interval.
-    status_failing: bool,
+    /// The status file's write failures: said once per outage, not every interval.
+    status_outage: Outage,
     /// The status snapshot the API's `status` request answers with.
     snapshot: Arc<std::sync::Mutex<serde_json::Value>>,
 }
@@ -105,7 +105,7 @@ impl<'a> ControlLoop<'a> {
             last_print: Default::default(),
             last_verdict_at: Instant::now(),
             stall_reported: false,
-            status_failing: false,
+            status_outage: Outage::default(),
             snapshot,
         }
     }
@@ -368,15 +368,16 @@ impl<'a> ControlLoop<'a> {
             return;
         }
         match status.write_atomic(Path::new(&self.cfg.status.path)) {
-            Err(e) if !self.status_failing => {
-                self.status_failing = true;
-                log::warn!("{e:#} (the daemon goes on; said once until it works again)");
+            Err(e) => {
+                if let Some(e) = self.status_outage.fail(e) {
+                    log::warn!("{e:#} (the daemon goes on; said once until it works again)");
+                }
             }
-            Ok(()) if self.status_failing => {
-                self.status_failing = false;
-                log::warn!("{}: status file written again", self.cfg.status.path);
+            Ok(()) => {
+                if self.status_outage.succeed().is_some() {
+                    log::warn!("{}: status file written again", self.cfg.status.path);
+                }
             }
-            _ => {}
         }
     }
 }

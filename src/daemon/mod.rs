@@ -88,41 +88,57 @@ pub fn outputs_for(cfg: &Config) -> Vec<Box<dyn Output>> {
     .collect()
 }
 
-/// An output whose failures are reported once, not once a frame: a full disk or an unplugged
-/// panel would otherwise write a log line per frame for as long as it lasts. The first failure
-/// is returned (and logged by the caller); repeats are counted; the first success after them
-/// says how many calls failed.
+/// One failing thing's outage: its first error is reported, repeats are counted, and the first
+/// success after them says so. Outputs and the status file use it, so a full disk or an
+/// unplugged panel is one line per outage, not one per frame or per second.
+#[derive(Default)]
+pub(super) struct Outage {
+    failed: u64,
+}
+
+impl Outage {
+    /// The error to report (the first of an outage), or None.
+    pub(super) fn fail(&mut self, e: anyhow::Error) -> Option<anyhow::Error> {
+        self.failed += 1;
+        (self.failed == 1).then_some(e)
+    }
+
+    /// How many calls failed, when this success ends an outage.
+    pub(super) fn succeed(&mut self) -> Option<u64> {
+        (self.failed > 0).then(|| std::mem::take(&mut self.failed))
+    }
+}
+
+/// An output whose failures are reported once per outage (the first error is returned and
+/// logged by the caller).
 pub struct ReportedOnce {
     inner: Box<dyn Output>,
-    failed: u64,
+    outage: Outage,
 }
 
 impl ReportedOnce {
     pub fn new(inner: Box<dyn Output>) -> Self {
-        ReportedOnce { inner, failed: 0 }
+        ReportedOnce {
+            inner,
+            outage: Outage::default(),
+        }
     }
 
     fn judge(&mut self, result: anyhow::Result<()>) -> anyhow::Result<()> {
         match result {
             Ok(()) => {
-                if self.failed > 0 {
+                if let Some(failed) = self.outage.succeed() {
                     log::warn!(
-                        "{}: working again ({} calls failed)",
-                        self.inner.name(),
-                        self.failed
+                        "{}: working again ({failed} calls failed)",
+                        self.inner.name()
                     );
-                    self.failed = 0;
                 }
                 Ok(())
             }
-            Err(e) => {
-                self.failed += 1;
-                if self.failed == 1 {
-                    Err(e.context("said once until it works again"))
-                } else {
-                    Ok(())
-                }
-            }
+            Err(e) => match self.outage.fail(e) {
+                Some(e) => Err(e.context("said once until it works again")),
+                None => Ok(()),
+            },
         }
     }
 }
