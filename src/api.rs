@@ -11,6 +11,8 @@
 //! knows nothing of the daemon: it hands sessions over a channel and reads the status from a
 //! shared value, both given by whoever starts it.
 
+pub mod http;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};

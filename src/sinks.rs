@@ -10,6 +10,7 @@ pub mod output;
 pub mod plot;
 pub mod records;
 pub mod report;
+pub mod telemetry;
 
 use std::fs::File;
 use std::path::Path;

@@ -14,7 +14,9 @@ pub use crate::infer::BackendKind;
 pub use crate::sinks::display::DisplayConfig;
 pub use crate::sinks::leds::LedConfig;
 pub use crate::sinks::records::RecordsConfig;
+pub use crate::sinks::telemetry::MqttConfig;
 // The local API's section: defined by the API that reads it.
+pub use crate::api::http::HttpConfig;
 pub use crate::api::ApiConfig;
 pub use crate::liveness::camera::CameraExpect;
 pub use crate::liveness::LivenessConfig;
@@ -38,10 +40,14 @@ pub struct Config {
     pub display: DisplayConfig,
     pub leds: LedConfig,
     pub records: RecordsConfig,
+    /// Fleet telemetry (off unless `url` is set); the records are its spool.
+    pub mqtt: MqttConfig,
     pub status: StatusConfig,
     pub watchdog: WatchdogConfig,
     pub privacy: PrivacyConfig,
     pub api: ApiConfig,
+    /// The read-only operator page (off unless `listen` is set).
+    pub http: HttpConfig,
     /// Liveness checks in verification sessions.
     pub liveness: LivenessConfig,
     pub onnxruntime: crate::infer::accel::OrtOptions,
@@ -122,10 +128,12 @@ impl Default for Config {
             display: DisplayConfig::default(),
             leds: LedConfig::default(),
             records: RecordsConfig::default(),
+            mqtt: MqttConfig::default(),
             status: StatusConfig::default(),
             watchdog: WatchdogConfig::default(),
             privacy: PrivacyConfig::default(),
             api: ApiConfig::default(),
+            http: HttpConfig::default(),
             liveness: LivenessConfig::default(),
             onnxruntime: Default::default(),
         }
@@ -303,6 +311,7 @@ impl Config {
             self.onnxruntime.validate()?;
         }
         self.api.validate()?;
+        self.http.validate()?;
         self.liveness.validate()?;
         if self.verdict.needs_model_threshold() {
             bail!("verdict: fake_enter, fake_exit, real_enter and real_exit need `threshold` set too (the band surrounds it)");
@@ -344,6 +353,17 @@ impl Config {
         }
         if r.keep_files == 0 {
             bail!("records.keep_files = 0: keep at least 1 file");
+        }
+        // A record's seq keeps its offset in 32 bits.
+        if r.rotate_kib > 1 << 20 {
+            bail!(
+                "records.rotate_kib = {}: at most 1048576 (1 GiB)",
+                r.rotate_kib
+            );
+        }
+        self.mqtt.validate()?;
+        if self.mqtt.enabled() && !r.enabled {
+            bail!("mqtt.url is set but records.enabled = false: the records are what MQTT publishes (and its spool while the broker is away)");
         }
         positive("status.interval_s", self.status.interval_s)?;
         positive(
@@ -391,6 +411,12 @@ mod tests {
             ("[verdict]\nfake_enter = 0.2\n", "verdict"),
             ("[leds]\nred = 900\n", "leds.red"),
             ("[records]\nkeep_files = 0\n", "records.keep_files"),
+            ("[mqtt]\nurl = \"tcp://b\"\n", "mqtt.url"),
+            ("[http]\nlisten = \"0.0.0.0:80\"\n", "http.token"),
+            (
+                "[records]\nenabled = false\n[mqtt]\nurl = \"mqtt://b\"\n",
+                "records.enabled",
+            ),
             ("[engine]\ndetector = \"medium\"\n", "medium"),
         ] {
             let msg = format!("{:#}", Config::parse(text).unwrap_err());

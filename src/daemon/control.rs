@@ -14,7 +14,11 @@ use super::config::Config;
 use super::notify::Notifier;
 use super::status::{LastVerdict, StageMs, Status};
 use super::threads::{Analysed, Latest, Loaded, Reload};
-use super::{effective_config, engine_config, mono_ms, outputs_for, wall_ms, Outage, RunOptions};
+use super::{
+    effective_config, engine_config, mono_ms, outputs_for, telemetry_for, wall_ms, Outage,
+    RunOptions,
+};
+use crate::sinks::telemetry::Telemetry;
 use crate::sinks::{report, DaemonEvent, LiveView, Output};
 use crate::source::camera::{CameraEvent, CameraState};
 use crate::verdict::session::Decision;
@@ -25,6 +29,9 @@ pub(super) struct ControlLoop<'a> {
     opts: &'a RunOptions,
     cfg: Config,
     outputs: Vec<Box<dyn Output>>,
+    telemetry: Option<Telemetry>,
+    /// What the telemetry was started with (a SIGHUP restarts it when they change).
+    models: Vec<(String, String)>,
     notifier: Notifier,
     started: Instant,
     latest: Arc<Latest>,
@@ -54,6 +61,7 @@ impl<'a> ControlLoop<'a> {
     pub(super) fn start(
         opts: &'a RunOptions,
         cfg: Config,
+        telemetry: Option<Telemetry>,
         loaded: Loaded,
         source_name: String,
         started: Instant,
@@ -65,7 +73,7 @@ impl<'a> ControlLoop<'a> {
         let mut outputs = outputs_for(&cfg);
         let started_event = DaemonEvent::Started {
             device_id: cfg.device_id.clone(),
-            models: loaded.models,
+            models: loaded.models.clone(),
         };
         tell(&mut outputs, |o| o.event(&started_event));
         let status = Status {
@@ -88,6 +96,8 @@ impl<'a> ControlLoop<'a> {
             opts,
             cfg,
             outputs,
+            telemetry,
+            models: loaded.models,
             notifier: Notifier::from_env(),
             started,
             latest,
@@ -142,6 +152,23 @@ impl<'a> ControlLoop<'a> {
             tell(&mut self.outputs, |o| o.shutdown());
             self.outputs = outputs_for(&new);
         }
+        if new.mqtt != self.cfg.mqtt
+            || new.records.dir != self.cfg.records.dir
+            || new.device_id != self.cfg.device_id
+        {
+            // The old publisher drains first, so the new one starts at its cursor.
+            drop(self.telemetry.take());
+            match telemetry_for(&new, &self.classes, &self.models, &self.snapshot) {
+                Ok(t) => self.telemetry = t,
+                Err(e) => log::error!("SIGHUP: mqtt off: {e:#}"),
+            }
+        }
+        if let Some(t) = &self.telemetry {
+            t.event(
+                "reload",
+                serde_json::json!({"config": self.opts.config.display().to_string()}),
+            );
+        }
         self.cfg = new;
         log::info!("SIGHUP: {} re-read", self.opts.config.display());
     }
@@ -193,20 +220,22 @@ impl<'a> ControlLoop<'a> {
             emotion: ms(a.timings.emotion),
             total: ms(a.total),
         };
+        let verdict = |face: &crate::verdict::FaceResult| LastVerdict {
+            track: face.track,
+            label: face.verdict.label.to_string(),
+            probability: face.verdict.smoothed,
+            emotion: face
+                .analysis
+                .emotion
+                .as_ref()
+                .and_then(|e| self.classes.get(e.index).cloned()),
+            emotion_confidence: face.analysis.emotion.as_ref().map(|e| e.confidence),
+            age_s: 0.0,
+        };
+        self.status.current = a.result.faces.iter().map(verdict).collect();
         if let Some(face) = a.result.main_face() {
             self.last_verdict_at = now;
-            self.status.last_verdict = Some(LastVerdict {
-                track: face.track,
-                label: face.verdict.label.to_string(),
-                probability: face.verdict.smoothed,
-                emotion: face
-                    .analysis
-                    .emotion
-                    .as_ref()
-                    .and_then(|e| self.classes.get(e.index).cloned()),
-                emotion_confidence: face.analysis.emotion.as_ref().map(|e| e.confidence),
-                age_s: 0.0,
-            });
+            self.status.last_verdict = Some(verdict(face));
         }
         self.print_changes(a, now);
         let view = LiveView {
@@ -334,6 +363,11 @@ impl<'a> ControlLoop<'a> {
     pub(super) fn shut_outputs(&mut self) {
         tell(&mut self.outputs, |o| o.event(&DaemonEvent::Stopping));
         tell(&mut self.outputs, |o| o.shutdown());
+        // After the records are flushed: the stop record is published too, if the broker is
+        // there.
+        if let Some(t) = self.telemetry.take() {
+            t.stop();
+        }
     }
 
     /// The last status file, saying how the daemon ended.

@@ -24,6 +24,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::liveness::camera::{CheckedOpener, SharedCameraCheck};
 use crate::pipeline::EngineConfig;
+use crate::sinks::telemetry::Telemetry;
 use crate::sinks::{self, OutputsConfig};
 use crate::source::camera::{CameraOpener, FileOpener, Supervisor, SupervisorConfig, Wanted};
 use crate::source::v4l2::V4l2Opener;
@@ -86,6 +87,26 @@ pub fn outputs_for(cfg: &Config) -> Vec<Box<dyn Output>> {
     .into_iter()
     .map(|o| Box::new(ReportedOnce::new(o)) as Box<dyn Output>)
     .collect()
+}
+
+/// The MQTT publisher a config asks for (None: `[mqtt]` has no url).
+pub(super) fn telemetry_for(
+    cfg: &Config,
+    classes: &[String],
+    models: &[(String, String)],
+    status: &Arc<std::sync::Mutex<serde_json::Value>>,
+) -> Result<Option<Telemetry>> {
+    if !cfg.mqtt.enabled() {
+        return Ok(None);
+    }
+    let ctx = sinks::telemetry::TelemetryContext {
+        device_id: cfg.device_id.clone(),
+        records_dir: PathBuf::from(&cfg.records.dir),
+        emotion_classes: classes.to_vec(),
+        models: models.to_vec(),
+        status: status.clone(),
+    };
+    Telemetry::start(&cfg.mqtt, ctx).map(Some)
 }
 
 /// One failing thing's outage: its first error is reported, repeats are counted, and the first
@@ -270,6 +291,18 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         ),
         false => None,
     };
+    let page = match cfg.http.enabled() {
+        true => {
+            let sources = crate::api::http::PageSources {
+                status: status_snapshot.clone(),
+                records: cfg.records.enabled.then(|| PathBuf::from(&cfg.records.dir)),
+            };
+            let server = crate::api::http::HttpServer::start(&cfg.http, sources)?;
+            log::info!("http: operator page on http://{}/", server.address());
+            Some(server)
+        }
+        false => None,
+    };
     let (camera_opener, camera_check) = opener(&cfg, opts);
     let analysis = spawn_analysis(
         engine_config(&cfg)?,
@@ -305,9 +338,12 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     let (cap_tx, cap_rx) = mpsc::channel();
     let capture = spawn_capture(sup, latest.clone(), stop.clone(), cap_tx);
 
+    let telemetry =
+        telemetry_for(&cfg, &loaded.classes, &loaded.models, &status_snapshot).context("mqtt")?;
     let mut control = ControlLoop::start(
         opts,
         cfg,
+        telemetry,
         loaded,
         source_name,
         started,
@@ -328,6 +364,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     let _ = capture.join();
     let _ = analysis.join();
     drop(api);
+    drop(page);
     control.finish(failure.is_some());
     match failure {
         Some(e) => Err(e),

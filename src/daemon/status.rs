@@ -46,6 +46,9 @@ pub struct Status {
     pub faces: usize,
     pub stage_ms: StageMs,
     pub last_verdict: Option<LastVerdict>,
+    /// Every face of the last analysed frame (the operator page lists them).
+    #[serde(default)]
+    pub current: Vec<LastVerdict>,
     pub inference_stalled: bool,
     pub records: String,
 }

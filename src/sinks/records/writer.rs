@@ -40,7 +40,7 @@ pub struct RecordWriter {
 }
 
 /// The number of a rotated record file (`veriface-<n>.vfr`); None for any other name.
-pub(super) fn file_number(path: &Path) -> Option<u64> {
+pub fn file_number(path: &Path) -> Option<u64> {
     let name = path.file_name()?.to_str()?;
     name.strip_prefix("veriface-")?
         .strip_suffix(&format!(".{EXTENSION}"))?
