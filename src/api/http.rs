@@ -89,7 +89,7 @@ impl HttpServer {
             .name("http".into())
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
-                    match server.recv_timeout(Duration::from_millis(200)) {
+                    match server.recv_timeout(Duration::from_millis(500)) {
                         Ok(Some(request)) => answer(request, &token, &sources),
                         Ok(None) => {}
                         Err(e) => {

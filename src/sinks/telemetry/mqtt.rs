@@ -30,9 +30,9 @@ use super::{discovery_messages, record_message, BrokerUrl, MqttConfig, TrackVerd
 const WINDOW: usize = 64;
 /// How long a stopping daemon waits for the broker to take its last records.
 const DRAIN: Duration = Duration::from_secs(3);
-const POLL: Duration = Duration::from_millis(50);
+const POLL: Duration = Duration::from_millis(200);
 /// How often the spool is looked at for new records when it had none.
-const SPOOL_POLL: Duration = Duration::from_millis(250);
+const SPOOL_POLL: Duration = Duration::from_millis(500);
 const CURSOR_SAVE: Duration = Duration::from_secs(1);
 
 /// What the publisher is given besides its config.
