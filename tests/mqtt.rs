@@ -542,7 +542,7 @@ fn records_made_while_the_broker_is_down_arrive_in_order_once() {
     let listeners = format!("listener {port} 127.0.0.1\nallow_anonymous true\n");
     let mut broker = Broker::start(&dir, &listeners, &[port]);
     let sub = Subscriber::start(port);
-    let mut child = daemon(&dir, &format!("url = \"mqtt://127.0.0.1:{port}\""), true);
+    let child = daemon(&dir, &format!("url = \"mqtt://127.0.0.1:{port}\""), true);
     wait_for(
         "verdicts before the outage",
         Duration::from_secs(120),
@@ -567,21 +567,7 @@ fn records_made_while_the_broker_is_down_arrive_in_order_once() {
         got.len() >= on_disk.len() - 1 && t0.elapsed() > Duration::from_secs(2)
     });
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let t0 = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "daemon did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    let log = finished(child, Duration::from_secs(10));
     wait_for("the stop event", Duration::from_secs(5), || {
         sub.on("event").iter().any(|m| m.json()["event"] == "stop")
     });
