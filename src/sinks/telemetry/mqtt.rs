@@ -34,6 +34,10 @@ const POLL: Duration = Duration::from_millis(200);
 /// How often the spool is looked at for new records when it had none.
 const SPOOL_POLL: Duration = Duration::from_millis(500);
 const CURSOR_SAVE: Duration = Duration::from_secs(1);
+/// While connecting, one poll must outlast rumqttc's own connect timeout (5 s): a poll cut short
+/// drops the half-done TCP/TLS/CONNECT handshake and the next one starts it again, so a broker a
+/// few round trips away would never be reached. (A stop waits for the attempt at worst.)
+const CONNECT_WAIT: Duration = Duration::from_secs(7);
 
 /// What the publisher is given besides its config.
 pub struct TelemetryContext {
@@ -275,7 +279,8 @@ impl Publisher {
                 last_save = Instant::now();
                 self.save_cursor();
             }
-            match connection.recv_timeout(POLL) {
+            let wait = if connected { POLL } else { CONNECT_WAIT };
+            match connection.recv_timeout(wait) {
                 Ok(Ok(event)) => {
                     if let Event::Incoming(Packet::ConnAck(_)) = event {
                         connected = true;
