@@ -6,17 +6,24 @@
 //! loopback address the server needs a token: `Authorization: Bearer <token>`, or `?token=` on
 //! the page's address (the page passes it on to its own requests).
 
+// Without `fleet` the routing below is still built and unit-tested, only never served.
+#![cfg_attr(not(feature = "fleet"), allow(dead_code))]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
+#[cfg(feature = "fleet")]
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+#[cfg(feature = "fleet")]
 use std::thread::JoinHandle;
+#[cfg(feature = "fleet")]
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::sinks::records::{decode_file, record_files, to_json};
+use crate::sinks::telemetry::FLEET_NOT_BUILT;
 
 const PAGE: &str = include_str!("operator.html");
 /// Records the page shows, and how far back it looks for sessions.
@@ -48,6 +55,9 @@ impl HttpConfig {
         if !self.enabled() {
             return Ok(());
         }
+        if !cfg!(feature = "fleet") {
+            bail!("http.listen: {FLEET_NOT_BUILT}");
+        }
         let addr = self.address()?;
         if !addr.ip().is_loopback() && self.token.len() < 16 {
             bail!(
@@ -67,12 +77,14 @@ pub struct PageSources {
 }
 
 /// The running server; dropping it stops it.
+#[cfg(feature = "fleet")]
 pub struct HttpServer {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     addr: SocketAddr,
 }
 
+#[cfg(feature = "fleet")]
 impl HttpServer {
     pub fn start(cfg: &HttpConfig, sources: PageSources) -> Result<HttpServer> {
         let addr = cfg.address()?;
@@ -113,6 +125,7 @@ impl HttpServer {
     }
 }
 
+#[cfg(feature = "fleet")]
 impl Drop for HttpServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -122,45 +135,40 @@ impl Drop for HttpServer {
     }
 }
 
-fn header(name: &str, value: &str) -> tiny_http::Header {
-    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("ASCII header")
+/// Without the `fleet` feature there is no server: validation refuses `[http] listen` first.
+#[cfg(not(feature = "fleet"))]
+pub struct HttpServer(std::convert::Infallible);
+
+#[cfg(not(feature = "fleet"))]
+impl HttpServer {
+    pub fn start(_cfg: &HttpConfig, _sources: PageSources) -> Result<HttpServer> {
+        bail!("http: {FLEET_NOT_BUILT}")
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        match self.0 {}
+    }
 }
 
-fn authorised(request: &tiny_http::Request, token: &str) -> bool {
-    if token.is_empty() {
-        return true;
+/// As the real one: dropping it stops it.
+#[cfg(not(feature = "fleet"))]
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        match self.0 {}
     }
-    let bearer = format!("Bearer {token}");
-    let by_header = request
+}
+
+#[cfg(feature = "fleet")]
+fn answer(request: tiny_http::Request, token: &str, sources: &PageSources) {
+    let bearer = request
         .headers()
         .iter()
-        .any(|h| h.field.equiv("Authorization") && h.value.as_str() == bearer);
-    let by_query = request
-        .url()
-        .split_once('?')
-        .is_some_and(|(_, q)| q.split('&').any(|kv| kv == format!("token={token}")));
-    by_header || by_query
-}
-
-fn answer(request: tiny_http::Request, token: &str, sources: &PageSources) {
-    let path = request.url().split('?').next().unwrap_or("").to_string();
-    let (code, kind, body) = if request.method() != &tiny_http::Method::Get {
-        (405, "text/plain", "read-only: GET only\n".to_string())
-    } else if !authorised(&request, token) {
-        (401, "text/plain", "token required\n".to_string())
-    } else {
-        match path.as_str() {
-            "/" => (200, "text/html; charset=utf-8", PAGE.to_string()),
-            "/api/status" => {
-                let status = sources.status.lock().map(|s| s.clone()).unwrap_or_default();
-                (200, "application/json", status.to_string())
-            }
-            "/api/records" => match newest_records(sources) {
-                Ok(v) => (200, "application/json", v.to_string()),
-                Err(e) => (500, "text/plain", format!("{e:#}\n")),
-            },
-            _ => (404, "text/plain", "not found\n".to_string()),
-        }
+        .find(|h| h.field.equiv("Authorization"))
+        .map(|h| h.value.as_str());
+    let get = request.method() == &tiny_http::Method::Get;
+    let (code, kind, body) = route(get, request.url(), bearer, token, sources);
+    let header = |name: &str, value: &str| {
+        tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("ASCII header")
     };
     let response = tiny_http::Response::from_string(body)
         .with_status_code(code)
@@ -168,6 +176,53 @@ fn answer(request: tiny_http::Request, token: &str, sources: &PageSources) {
         .with_header(header("Cache-Control", "no-store"));
     if let Err(e) = request.respond(response) {
         log::debug!("http: {e}");
+    }
+}
+
+/// Equal in time whatever the first difference: a token compared with `==` tells a timing
+/// attacker on the network how many leading bytes were right.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// One request's answer: (status, content type, body). `authorization` is the header's value.
+fn route(
+    get: bool,
+    url: &str,
+    authorization: Option<&str>,
+    token: &str,
+    sources: &PageSources,
+) -> (u16, &'static str, String) {
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let authorised = token.is_empty()
+        || authorization
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| same_secret(t, token))
+        || query
+            .split('&')
+            .filter_map(|kv| kv.strip_prefix("token="))
+            .any(|t| same_secret(t, token));
+    if !get {
+        return (405, "text/plain", "read-only: GET only\n".to_string());
+    }
+    if !authorised {
+        return (401, "text/plain", "token required\n".to_string());
+    }
+    match path {
+        "/" => (200, "text/html; charset=utf-8", PAGE.to_string()),
+        "/api/status" => {
+            let status = sources.status.lock().map(|s| s.clone()).unwrap_or_default();
+            (200, "application/json", status.to_string())
+        }
+        "/api/records" => match newest_records(sources) {
+            Ok(v) => (200, "application/json", v.to_string()),
+            Err(e) => (500, "text/plain", format!("{e:#}\n")),
+        },
+        _ => (404, "text/plain", "not found\n".to_string()),
     }
 }
 
@@ -207,6 +262,7 @@ fn newest_records(sources: &PageSources) -> Result<serde_json::Value> {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "fleet")]
     #[test]
     fn beyond_loopback_needs_a_token() {
         let cfg = |listen: &str, token: &str| HttpConfig {
@@ -222,6 +278,7 @@ mod tests {
         assert!(e.starts_with("http.listen"), "{e}");
     }
 
+    #[cfg(feature = "fleet")]
     fn get(addr: SocketAddr, path: &str, auth: Option<&str>) -> (u16, String) {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(addr).unwrap();
@@ -234,6 +291,40 @@ mod tests {
         (code, body)
     }
 
+    #[test]
+    fn routes_and_the_token() {
+        let sources = PageSources {
+            status: Arc::new(Mutex::new(serde_json::json!({"state": "running"}))),
+            records: None,
+        };
+        let token = "0123456789abcdef";
+        let code = |get, url, auth| route(get, url, auth, token, &sources).0;
+        assert_eq!(code(true, "/api/status", None), 401);
+        assert_eq!(
+            code(true, "/api/status", Some("Bearer 0123456789abcdeX")),
+            401
+        );
+        assert_eq!(
+            code(true, "/api/status", Some("Bearer 0123456789abcde")),
+            401
+        );
+        assert_eq!(
+            code(true, "/api/status", Some(token)),
+            401,
+            "no Bearer prefix"
+        );
+        assert_eq!(
+            code(true, "/api/status", Some("Bearer 0123456789abcdef")),
+            200
+        );
+        assert_eq!(code(true, "/?a=1&token=0123456789abcdef", None), 200);
+        assert_eq!(code(true, "/?token=0123456789abcdef0", None), 401);
+        assert_eq!(code(false, "/?token=0123456789abcdef", None), 405);
+        assert_eq!(code(true, "/x?token=0123456789abcdef", None), 404);
+        assert_eq!(route(true, "/api/status", None, "", &sources).0, 200);
+    }
+
+    #[cfg(feature = "fleet")]
     #[test]
     fn serves_status_and_refuses_without_the_token() {
         let status = Arc::new(Mutex::new(serde_json::json!({"state": "running"})));

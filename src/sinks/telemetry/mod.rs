@@ -7,8 +7,15 @@
 //! carries that record's `seq` (its place in the record files), which only grows: a consumer
 //! drops a repeat by comparing it with the last one it kept.
 
+#[cfg(feature = "fleet")]
+pub mod mqtt;
+#[cfg(not(feature = "fleet"))]
+#[path = "not_built.rs"]
 pub mod mqtt;
 pub mod spool;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -16,7 +23,22 @@ use serde::{Deserialize, Serialize};
 use super::records::{to_json, Event, Record};
 use crate::verdict::Label;
 
-pub use mqtt::{Telemetry, TelemetryContext};
+pub use mqtt::Telemetry;
+
+/// Why `[mqtt]` and `[http]` are refused by a build without the `fleet` feature.
+pub const FLEET_NOT_BUILT: &str =
+    "this veriface was built without the `fleet` feature (MQTT telemetry and the operator page)";
+
+/// What the publisher is given besides its config.
+pub struct TelemetryContext {
+    pub device_id: String,
+    pub records_dir: PathBuf,
+    pub emotion_classes: Vec<String>,
+    /// (manifest key, sha256 hex) of each loaded model: in every status message.
+    pub models: Vec<(String, String)>,
+    /// The daemon's status snapshot, published as is (plus `schema` and `models`).
+    pub status: Arc<Mutex<serde_json::Value>>,
+}
 
 /// The payloads' schema version (`"schema"` in every JSON message).
 pub const PAYLOAD_SCHEMA: u32 = 1;
@@ -130,6 +152,9 @@ impl MqttConfig {
     pub fn validate(&self) -> Result<()> {
         if !self.enabled() {
             return Ok(());
+        }
+        if !cfg!(feature = "fleet") {
+            bail!("mqtt.url: {FLEET_NOT_BUILT}");
         }
         let url = BrokerUrl::parse(&self.url)?;
         if url.tls && self.ca_file.is_empty() {
@@ -330,6 +355,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "fleet")]
     #[test]
     fn bad_combinations_fail_validation() {
         let with = |f: &dyn Fn(&mut MqttConfig)| {

@@ -10,10 +10,9 @@
 //! repeats, and there are none unless the broker acknowledged a message that never reached us.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -24,7 +23,9 @@ use rumqttc::{
 };
 
 use super::spool::Spool;
-use super::{discovery_messages, record_message, BrokerUrl, MqttConfig, TrackVerdicts};
+use super::{
+    discovery_messages, record_message, BrokerUrl, MqttConfig, TelemetryContext, TrackVerdicts,
+};
 
 /// Records in flight at once (published, not yet acknowledged).
 const WINDOW: usize = 64;
@@ -38,17 +39,6 @@ const CURSOR_SAVE: Duration = Duration::from_secs(1);
 /// drops the half-done TCP/TLS/CONNECT handshake and the next one starts it again, so a broker a
 /// few round trips away would never be reached. (A stop waits for the attempt at worst.)
 const CONNECT_WAIT: Duration = Duration::from_secs(7);
-
-/// What the publisher is given besides its config.
-pub struct TelemetryContext {
-    pub device_id: String,
-    pub records_dir: PathBuf,
-    pub emotion_classes: Vec<String>,
-    /// (manifest key, sha256 hex) of each loaded model: in every status message.
-    pub models: Vec<(String, String)>,
-    /// The daemon's status snapshot, published as is (plus `schema` and `models`).
-    pub status: Arc<Mutex<serde_json::Value>>,
-}
 
 /// The running publisher; dropping it (or [`Telemetry::stop`]) drains and disconnects.
 pub struct Telemetry {
