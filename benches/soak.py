@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Soak: `veriface run --source DIR --loop` for a stated time, sampling what grows in a daemon.
 
-Every --every seconds: RSS, open file descriptors, threads, the records folder's size, frames
+Every --every seconds: RSS, the heap in use (the status file's heap_kib: glibc's count of what
+the allocator handed out), open file descriptors, threads, the records folder's size, frames
 analysed, frames per second and the last frame's latency (status file). At the end: the slope of
 each after a warm-up (least squares, per hour), the median latency and fps of the first and last
 quarter, and the number of face tracks the daemon saw (from its records). Standard library only.
@@ -130,6 +131,9 @@ def main() -> None:
                 s = {
                     "t_s": round(time.monotonic() - start, 1),
                     "rss_kib": vm_kib(proc.pid, "VmRSS") or 0,
+                    # What the allocator has handed out (glibc mallinfo): flat while the RSS
+                    # steps up means arenas or fragmentation, not a leak.
+                    "heap_kib": status.get("heap_kib") or 0,
                     "fds": len(os.listdir(f"/proc/{proc.pid}/fd")),
                     "threads": vm_kib(proc.pid, "Threads") or 0,
                     "records_kib": records // 1024,
@@ -165,6 +169,8 @@ def main() -> None:
         "face_tracks": len(tracks),
         "rss_mib_start_end": [round(steady[0]["rss_kib"] / 1024, 1), round(steady[-1]["rss_kib"] / 1024, 1)] if steady else None,
         "rss_mib_per_hour": round(slope_per_hour(ts, [s["rss_kib"] / 1024 for s in steady]), 2),
+        "heap_mib_start_end": [round(steady[0]["heap_kib"] / 1024, 1), round(steady[-1]["heap_kib"] / 1024, 1)] if steady else None,
+        "heap_mib_per_hour": round(slope_per_hour(ts, [s["heap_kib"] / 1024 for s in steady]), 2),
         "fds_min_max": [min(s["fds"] for s in samples), max(s["fds"] for s in samples)],
         "fds_per_hour": round(slope_per_hour(ts, [s["fds"] for s in steady]), 2),
         "threads_min_max": [min(s["threads"] for s in samples), max(s["threads"] for s in samples)],

@@ -5,11 +5,11 @@ mod common;
 
 use std::io::Read;
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::repo;
+use common::{repo, scratch, wait_for};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_veriface"));
@@ -24,13 +24,6 @@ fn drain(pipe: Option<impl Read>) -> String {
         .read_to_string(&mut text)
         .unwrap();
     text
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("veriface-daemon-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn spawn_run(dir: &Path, extra_env: &[(&str, &Path)]) -> Child {
@@ -53,14 +46,6 @@ fn spawn_run(dir: &Path, extra_env: &[(&str, &Path)]) -> Child {
         c.env(k, v);
     }
     c.spawn().unwrap()
-}
-
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !done() {
-        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn status(dir: &Path) -> Option<serde_json::Value> {

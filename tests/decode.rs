@@ -2,14 +2,8 @@
 
 mod common;
 
+use common::scratch;
 use veriface::source::{self, FrameSource};
-
-fn scratch(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("veriface-decode-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// Concatenated JPEGs (what an MJPEG webcam sends) decode frame by frame with the right colours.
 #[test]

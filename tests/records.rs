@@ -1,8 +1,11 @@
 //! Verdict records on disk: round trip, power loss (a cut at every byte), random corruption,
 //! the committed sample of every schema version, record size, and the writer's policies.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
+use common::scratch;
 use proptest::prelude::*;
 use veriface::daemon::config::RecordsConfig;
 use veriface::sinks::records::{
@@ -410,12 +413,6 @@ impl FreeSpace for SetSpace {
     fn free_bytes(&self, _dir: &Path) -> std::io::Result<u64> {
         Ok(self.0.load(std::sync::atomic::Ordering::Relaxed))
     }
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("veriface-records-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
 }
 
 fn read_dir_records(dir: &Path) -> Vec<Record> {

@@ -9,8 +9,9 @@
 // Without `fleet` the routing below is still built and unit-tested, only never served.
 #![cfg_attr(not(feature = "fleet"), allow(dead_code))]
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 #[cfg(feature = "fleet")]
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,7 +23,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::sinks::records::{decode_file, record_files, to_json};
+use crate::sinks::records::{decode_file, decode_file_from, record_files, record_json, Record};
 use crate::sinks::telemetry::FLEET_NOT_BUILT;
 
 const PAGE: &str = include_str!("operator.html");
@@ -100,9 +101,10 @@ impl HttpServer {
         let thread = std::thread::Builder::new()
             .name("http".into())
             .spawn(move || {
+                let mut tail = RecordTail::default();
                 while !flag.load(Ordering::Relaxed) {
                     match server.recv_timeout(Duration::from_millis(500)) {
-                        Ok(Some(request)) => answer(request, &token, &sources),
+                        Ok(Some(request)) => answer(request, &token, &sources, &mut tail),
                         Ok(None) => {}
                         Err(e) => {
                             log::warn!("http: {e}");
@@ -159,14 +161,14 @@ impl Drop for HttpServer {
 }
 
 #[cfg(feature = "fleet")]
-fn answer(request: tiny_http::Request, token: &str, sources: &PageSources) {
+fn answer(request: tiny_http::Request, token: &str, sources: &PageSources, tail: &mut RecordTail) {
     let bearer = request
         .headers()
         .iter()
         .find(|h| h.field.equiv("Authorization"))
         .map(|h| h.value.as_str());
     let get = request.method() == &tiny_http::Method::Get;
-    let (code, kind, body) = route(get, request.url(), bearer, token, sources);
+    let (code, kind, body) = route(get, request.url(), bearer, token, sources, tail);
     let header = |name: &str, value: &str| {
         tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("ASCII header")
     };
@@ -196,6 +198,7 @@ fn route(
     authorization: Option<&str>,
     token: &str,
     sources: &PageSources,
+    tail: &mut RecordTail,
 ) -> (u16, &'static str, String) {
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
     let authorised = token.is_empty()
@@ -218,7 +221,7 @@ fn route(
             let status = sources.status.lock().map(|s| s.clone()).unwrap_or_default();
             (200, "application/json", status.to_string())
         }
-        "/api/records" => match newest_records(sources) {
+        "/api/records" => match newest_records(sources, tail) {
             Ok(v) => (200, "application/json", v.to_string()),
             Err(e) => (500, "text/plain", format!("{e:#}\n")),
         },
@@ -226,36 +229,89 @@ fn route(
     }
 }
 
-/// The newest records and sessions, as `log decode` shows them minus the file names.
-fn newest_records(sources: &PageSources) -> Result<serde_json::Value> {
+/// The newest records and sessions, kept between requests: each request decodes only what the
+/// newest record file gained since the last one (a busy kiosk's 4 MiB files were decoded whole,
+/// twice, every second a page was open).
+#[derive(Default)]
+struct RecordTail {
+    /// The newest file read, and the offset of its last record read (its records up to there
+    /// are in the lists).
+    file: Option<PathBuf>,
+    last_offset: Option<u64>,
+    /// Newest last.
+    records: VecDeque<serde_json::Value>,
+    sessions: VecDeque<serde_json::Value>,
+}
+
+impl RecordTail {
+    fn update(&mut self, dir: &Path) -> Result<()> {
+        let files = record_files(dir)?;
+        let Some(newest) = files.last() else {
+            *self = RecordTail::default();
+            return Ok(());
+        };
+        let shrunk =
+            std::fs::metadata(newest).is_ok_and(|m| self.last_offset.is_some_and(|o| m.len() <= o));
+        if self.file.as_ref() != Some(newest) || shrunk {
+            // First look, a rotation, or a folder started afresh: the two newest files (one
+            // holds thousands of records, the second covers a rotation a moment ago).
+            *self = RecordTail::default();
+            for path in &files[files.len().saturating_sub(2)..files.len() - 1] {
+                if let Ok(decoded) = decode_file(path) {
+                    self.take(decoded.records);
+                }
+            }
+            self.file = Some(newest.clone());
+        }
+        // From the last record read (re-decoded, skipped) to the end, bar a record still being
+        // written.
+        let from = self.last_offset.unwrap_or(0);
+        let decoded = decode_file_from(newest, from, false)?;
+        let seen = self.last_offset;
+        let fresh = decoded
+            .records
+            .into_iter()
+            .filter(|(o, _)| seen.is_none_or(|s| *o > s));
+        let fresh: Vec<_> = fresh.collect();
+        if let Some((offset, _)) = fresh.last() {
+            self.last_offset = Some(*offset);
+        }
+        self.take(fresh);
+        Ok(())
+    }
+
+    fn take(&mut self, records: Vec<(u64, Record)>) {
+        for (_, record) in records {
+            let v = record_json(&record);
+            if v["event"] == "session" {
+                self.sessions.push_back(v.clone());
+                if self.sessions.len() > SESSIONS_SHOWN {
+                    self.sessions.pop_front();
+                }
+            }
+            self.records.push_back(v);
+            if self.records.len() > RECORDS_SHOWN {
+                self.records.pop_front();
+            }
+        }
+    }
+
+    /// Newest first.
+    fn json(&self) -> serde_json::Value {
+        let records: Vec<_> = self.records.iter().rev().collect();
+        let sessions: Vec<_> = self.sessions.iter().rev().collect();
+        serde_json::json!({"records": records, "sessions": sessions})
+    }
+}
+
+/// `/api/records`: the newest records and sessions, as `log decode` shows them minus their
+/// place on disk.
+fn newest_records(sources: &PageSources, tail: &mut RecordTail) -> Result<serde_json::Value> {
     let Some(dir) = &sources.records else {
         return Ok(serde_json::json!({"records": [], "sessions": [], "note": "records are off"}));
     };
-    let mut records = Vec::new();
-    let mut sessions = Vec::new();
-    // Newest file first; one file holds thousands of records, the second is for a fresh rotation.
-    for path in record_files(dir)?.iter().rev().take(2) {
-        let Ok(decoded) = decode_file(path) else {
-            continue;
-        };
-        for (offset, record) in decoded.records.iter().rev() {
-            let mut v = to_json(path, *offset, record);
-            if let Some(obj) = v.as_object_mut() {
-                obj.remove("file");
-                obj.remove("offset");
-            }
-            if v["event"] == "session" && sessions.len() < SESSIONS_SHOWN {
-                sessions.push(v.clone());
-            }
-            if records.len() < RECORDS_SHOWN {
-                records.push(v);
-            }
-        }
-        if records.len() >= RECORDS_SHOWN {
-            break;
-        }
-    }
-    Ok(serde_json::json!({"records": records, "sessions": sessions}))
+    tail.update(dir)?;
+    Ok(tail.json())
 }
 
 #[cfg(test)]
@@ -292,13 +348,66 @@ mod tests {
     }
 
     #[test]
+    fn the_record_tail_reads_only_what_is_new_and_follows_rotation() {
+        use crate::sinks::records::{short, Event, RecordWriter, RecordsConfig, StatVfs};
+        let dir = std::env::temp_dir().join(format!("veriface-tail-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = RecordsConfig {
+            flush_ms: 0,
+            rotate_kib: 16,
+            ..RecordsConfig::default()
+        };
+        let mut w = RecordWriter::open(&dir, cfg, Box::new(StatVfs)).unwrap();
+        let mut write = |from: u64, to: u64| {
+            for n in from..=to {
+                let event = Event::CameraBack;
+                let device = short("d");
+                w.write(&Record {
+                    wall_ms: n,
+                    mono_ms: n,
+                    device,
+                    event,
+                })
+                .unwrap();
+            }
+        };
+        let walls = |v: &serde_json::Value| -> Vec<u64> {
+            let records = v["records"].as_array().unwrap();
+            records
+                .iter()
+                .map(|r| r["wall_ms"].as_u64().unwrap())
+                .collect()
+        };
+        let mut tail = RecordTail::default();
+        write(1, 10);
+        tail.update(&dir).unwrap();
+        assert_eq!(walls(&tail.json()), (1..=10).rev().collect::<Vec<_>>());
+        let read_to = tail.last_offset;
+        write(11, 12);
+        tail.update(&dir).unwrap();
+        assert_eq!(walls(&tail.json())[..3], [12, 11, 10]);
+        assert!(tail.last_offset > read_to, "moved on, no repeats");
+        // Past several rotations (16 KiB files, ~14 bytes a record): the newest 30.
+        write(13, 4000);
+        assert!(record_files(&dir).unwrap().len() > 2);
+        tail.update(&dir).unwrap();
+        assert_eq!(walls(&tail.json()), (3971..=4000).rev().collect::<Vec<_>>());
+        // The same as a page opened now.
+        let mut fresh = RecordTail::default();
+        fresh.update(&dir).unwrap();
+        assert_eq!(fresh.json(), tail.json());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn routes_and_the_token() {
         let sources = PageSources {
             status: Arc::new(Mutex::new(serde_json::json!({"state": "running"}))),
             records: None,
         };
         let token = "0123456789abcdef";
-        let code = |get, url, auth| route(get, url, auth, token, &sources).0;
+        let mut tail = RecordTail::default();
+        let mut code = |get, url, auth| route(get, url, auth, token, &sources, &mut tail).0;
         assert_eq!(code(true, "/api/status", None), 401);
         assert_eq!(
             code(true, "/api/status", Some("Bearer 0123456789abcdeX")),
@@ -321,7 +430,8 @@ mod tests {
         assert_eq!(code(true, "/?token=0123456789abcdef0", None), 401);
         assert_eq!(code(false, "/?token=0123456789abcdef", None), 405);
         assert_eq!(code(true, "/x?token=0123456789abcdef", None), 404);
-        assert_eq!(route(true, "/api/status", None, "", &sources).0, 200);
+        let open = route(true, "/api/status", None, "", &sources, &mut tail);
+        assert_eq!(open.0, 200);
     }
 
     #[cfg(feature = "fleet")]

@@ -391,6 +391,7 @@ impl<'a> ControlLoop<'a> {
         let status = &mut self.status;
         status.uptime_s = self.started.elapsed().as_secs_f64();
         status.dropped = self.latest.dropped.load(Ordering::Relaxed);
+        status.heap_kib = super::status::heap_in_use().map(|b| b / 1024);
         if let Some(v) = status.last_verdict.as_mut() {
             v.age_s = self.last_verdict_at.elapsed().as_secs_f64();
         }

@@ -51,6 +51,25 @@ pub struct Status {
     pub current: Vec<LastVerdict>,
     pub inference_stalled: bool,
     pub records: String,
+    /// Heap the allocator has handed out and not had back, KiB (glibc only). Beside the RSS it
+    /// tells a leak (this grows too) from allocator growth (arenas, fragmentation: it does not).
+    #[serde(default)]
+    pub heap_kib: Option<u64>,
+}
+
+/// Live heap bytes from glibc's `mallinfo` (every arena, mmapped blocks included). Its fields
+/// are C ints, so past 2 GiB it wraps: far beyond what this daemon holds. Not `mallinfo2`: the
+/// board builds link against glibc 2.31, which lacks it.
+pub fn heap_in_use() -> Option<u64> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        #[allow(deprecated)]
+        // SAFETY: takes no arguments, returns a struct by value; glibc locks the arenas itself.
+        let m = unsafe { libc::mallinfo() };
+        Some(m.uordblks as u32 as u64 + m.hblkhd as u32 as u64)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    None
 }
 
 impl Status {

@@ -115,3 +115,33 @@ pub fn shared() -> PathBuf {
     );
     dir
 }
+
+/// A fresh, empty folder for one test: `veriface-<test binary>-<name>-<pid>` under the temp dir.
+pub fn scratch(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let stem = exe.file_stem().and_then(|s| s.to_str()).unwrap_or("test");
+    // Cargo names test binaries `<file>-<hash>`.
+    let binary = stem.rsplit_once('-').map_or(stem, |(name, _)| name);
+    let dir = std::env::temp_dir().join(format!("veriface-{binary}-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Polls `done` every 50 ms; panics naming `what` after `limit`.
+pub fn wait_for(what: &str, limit: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !done() {
+        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A loopback TCP port free a moment ago (for a broker or server the test starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -61,7 +61,8 @@ face_interval_ms = $6
 EOF
 }
 
-if [ "${VM_ONLY:-}" != loopback ]; then
+# VM_ONLY=loopback runs sections 6 and 7 only, VM_ONLY=diskfull section 7 only.
+if [ -z "${VM_ONLY:-}" ]; then
 
 # ---- 1. the driver: a webcam-type capture node
 load_vivid n_devs=1 node_types=0x1 num_inputs=1 input_types=0x0
@@ -168,6 +169,7 @@ v4l2-ctl -d "$capture" -c loop_video=1,osd_text_mode=2 || echo "INFO v4l2-ctl co
 v4l2-ctl -d "$capture" --all 2>/dev/null | grep -E "Width/Height|Pixel Format" | sed 's/^/INFO capture /'
 v4l2-ctl -d "$output" --all 2>/dev/null | grep -E "Width/Height|Pixel Format" | sed 's/^/INFO output /'
 for clip in /opt/clips/*.yuyv; do
+    [ "${VM_ONLY:-}" = diskfull ] && break
     label=$(basename "$clip" .yuyv)
     v4l2-ctl -d "$output" --set-fmt-video-out=width=$WIDTH,height=$HEIGHT,pixelformat=YUYV
     v4l2-ctl -d "$output" --stream-out-mmap --stream-from="$clip" --stream-loop 2>/dev/null &
@@ -194,3 +196,59 @@ for clip in /opt/clips/*.yuyv; do
     check "faces_through_driver_$label" "$faces face records" test "$faces" -ge 3
     grep -E "ERROR|WARN" /tmp/loop-$label.log | head -5 | sed 's/^/INFO log: /'
 done
+
+# ---- 7. the records disk fills up and frees again: a real ENOSPC from a 512 KiB tmpfs, the
+# size guard off (min_free_mib = 0) so the writes themselves fail. The daemon must stay up, say
+# it once, resume when space returns, and every record on that disk must decode intact.
+clip=$(ls /opt/clips/*.yuyv | head -1)
+mkdir -p /tmp/small
+mount -t tmpfs -o size=512k small /tmp/small
+v4l2-ctl -d "$output" --set-fmt-video-out=width=$WIDTH,height=$HEIGHT,pixelformat=YUYV
+v4l2-ctl -d "$output" --stream-out-mmap --stream-from="$clip" --stream-loop 2>/dev/null &
+writer=$!
+write_config /tmp/full.toml "$capture" "$WIDTH" "$HEIGHT" /tmp/small/rec 0
+# write_config ends inside [records]; flush each record so the disk fills at once.
+printf 'min_free_mib = 0\nflush_ms = 0\n' >>/tmp/full.toml
+RUST_LOG=info veriface run --config /tmp/full.toml --quiet >/dev/null 2>/tmp/full.log &
+daemon=$!
+if wait_for /tmp/full.log 120 1 "ready: first frame analysed"; then
+    sleep 3
+    # Fill what is left: dd stops at ENOSPC.
+    dd if=/dev/zero of=/tmp/small/filler bs=4096 2>/dev/null
+    echo "INFO disk full: $(df -k /tmp/small | tail -1)"
+    # The record file's last page still has room for a few dozen records.
+    t0=$(uptime_ms)
+    wait_for /tmp/full.log 120 1 "No space left on device"
+    echo "INFO ENOSPC $(($(uptime_ms) - t0)) ms after the disk filled"
+    sleep 5
+    check disk_full_daemon_stays_up "running 5 s after the first ENOSPC" kill -0 $daemon
+    n_full=$(veriface log decode /tmp/small/rec 2>/dev/null | grep -c '"event":"face"')
+    rm /tmp/small/filler
+    wait_for /tmp/full.log 20 1 "working again"
+    sleep 5
+    n_freed=$(veriface log decode /tmp/small/rec 2>/dev/null | grep -c '"event":"face"')
+    echo "INFO face records: $n_full while full, $n_freed after freeing"
+    check disk_full_records_resume "$n_full face records while full, $n_freed 5 s after freeing" \
+        test "$n_freed" -gt "$n_full"
+else
+    fail disk_full_daemon_stays_up "not started: $(tail -2 /tmp/full.log)"
+fi
+kill -TERM $daemon
+wait $daemon
+rc=$?
+daemon=
+kill $writer
+wait $writer 2>/dev/null
+grep -E "WARN|ERROR" /tmp/full.log | head -6 | sed 's/^/INFO log: /'
+said=$(grep -c "No space left on device" /tmp/full.log)
+back=$(grep -c "working again" /tmp/full.log)
+check disk_full_said_once "$said ENOSPC lines, $back 'working again' lines, exit $rc" \
+    test "$said" -eq 1 -a "$back" -ge 1 -a "$rc" -eq 0
+veriface log decode /tmp/small/rec >/tmp/full.json 2>/tmp/full.err
+rc=$?
+damaged=$(grep -c damaged /tmp/full.err)
+last=$(tail -1 /tmp/full.json | sed -n 's/.*"event":"\([a-z_]*\)".*/\1/p')
+sed 's/^/INFO decode: /' /tmp/full.err | head -3
+check disk_full_records_intact "log decode exit $rc, $damaged damaged spans, last record: $last" \
+    test "$rc" -eq 0 -a "$damaged" -eq 0 -a "$last" = stop
+umount /tmp/small

@@ -248,6 +248,7 @@ EOF
     # The same frames through `run --source` on the host: the daemon's final verdict per clip
     # must be the one it reached through the driver.
     for c in "${clips[@]}"; do
+        [ "${VM_ONLY:-}" = diskfull ] && break
         local label=${c%%=*}
         local rec=$work/host-rec-$label
         rm -rf "$rec"

@@ -226,8 +226,22 @@ pub fn decode(bytes: &[u8], base: u64, final_chunk: bool, into: &mut Decoded) ->
 }
 
 pub fn decode_file(path: &Path) -> Result<Decoded> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    decode_file_from(path, 0, true)
+}
+
+/// The records of a file from byte `offset` (a frame boundary) on; `final_chunk` as in
+/// [`decode`]: false for a file still being written, whose last bytes may be half a record.
+/// A missing file is an `io::Error` of kind `NotFound` under the context.
+pub fn decode_file_from(path: &Path, offset: u64, final_chunk: bool) -> Result<Decoded> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|mut f| {
+            f.seek(SeekFrom::Start(offset))?;
+            f.read_to_end(&mut bytes)
+        })
+        .with_context(|| format!("{}: cannot read", path.display()))?;
     let mut d = Decoded::default();
-    decode(&bytes, 0, true, &mut d);
+    decode(&bytes, offset, final_chunk, &mut d);
     Ok(d)
 }

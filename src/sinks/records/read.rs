@@ -29,11 +29,18 @@ pub fn utc(ms: u64) -> String {
     }
 }
 
-/// One record as a JSON object (for `log decode`).
+/// One record as a JSON object (for `log decode`): where it is, then what it says.
 pub fn to_json(file: &Path, offset: u64, r: &Record) -> serde_json::Value {
+    let mut v = record_json(r);
+    let obj = v.as_object_mut().expect("object");
+    obj.insert("file".into(), file.display().to_string().into());
+    obj.insert("offset".into(), offset.into());
+    v
+}
+
+/// One record as a JSON object, without its place on disk (telemetry, the operator page).
+pub fn record_json(r: &Record) -> serde_json::Value {
     let mut v = serde_json::json!({
-        "file": file.display().to_string(),
-        "offset": offset,
         "time": utc(r.wall_ms),
         "wall_ms": r.wall_ms,
         "mono_ms": r.mono_ms,

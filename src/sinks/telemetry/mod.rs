@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use super::records::{to_json, Event, Record};
+use super::records::{record_json, Event, Record};
 use crate::verdict::Label;
 
 pub use mqtt::Telemetry;
@@ -217,10 +217,8 @@ pub fn record_message(
         Event::Session(_) => "session",
         Event::Start { .. } | Event::Stop | Event::CameraLost { .. } | Event::CameraBack => "event",
     };
-    let mut value = to_json(std::path::Path::new(""), 0, record);
+    let mut value = record_json(record);
     let obj = value.as_object_mut().expect("records are JSON objects");
-    obj.remove("file");
-    obj.remove("offset");
     obj.insert("schema".into(), PAYLOAD_SCHEMA.into());
     obj.insert("seq".into(), seq.into());
     if let Event::Face(f) = &record.event {

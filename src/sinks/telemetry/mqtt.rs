@@ -350,7 +350,7 @@ impl Publisher {
                         self.cfg.backlog,
                         waiting - self.cfg.backlog as usize
                     );
-                    self.spool.skip_to(to);
+                    self.spool.ack(to);
                     self.read_to = to;
                 }
                 let after = if after_outage { " again" } else { "" };

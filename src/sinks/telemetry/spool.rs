@@ -5,12 +5,13 @@
 //! byte offset in the low 32 (a record file is far smaller than 4 GiB: `records.rotate_kib`), so
 //! later records always have larger numbers, across rotations and restarts.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::sinks::records::{decode, file_number, record_files, Decoded, Record};
+use crate::sinks::records::{decode_file_from, file_number, record_files, Record};
 
 pub const CURSOR_FILE: &str = "mqtt.cursor";
 
@@ -69,13 +70,9 @@ impl Spool {
         self.acked
     }
 
+    /// The broker has everything up to `seq` (or it was skipped): the cursor moves there.
     pub fn ack(&mut self, seq: u64) {
         self.acked = self.acked.max(seq);
-    }
-
-    /// Skip ahead (the backlog bound) without publishing.
-    pub fn skip_to(&mut self, seq: u64) {
-        self.ack(seq);
     }
 
     /// Write the cursor if it moved (atomically: a power cut leaves the old or the new one).
@@ -96,6 +93,40 @@ impl Spool {
     /// last bytes may be a record still being written: left for the next read.
     pub fn read_after(&self, after: u64, max: usize) -> Result<Vec<(u64, Record)>> {
         let mut out = Vec::new();
+        self.each_after(after, |s, record| {
+            out.push((s, record));
+            match out.len() >= max {
+                true => ControlFlow::Break(()),
+                false => ControlFlow::Continue(()),
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// How many records there are after `after`, and the seq before the newest `keep` of them
+    /// (where to skip to when more than `keep` wait). Holds `keep + 1` seqs, not the records: a
+    /// long outage can leave a million of them.
+    pub fn backlog(&self, after: u64, keep: usize) -> Result<(usize, Option<u64>)> {
+        let mut waiting = 0;
+        let mut newest = VecDeque::with_capacity(keep + 1);
+        self.each_after(after, |s, _| {
+            waiting += 1;
+            if newest.len() > keep {
+                newest.pop_front();
+            }
+            newest.push_back(s);
+            ControlFlow::Continue(())
+        })?;
+        let skip_to = (waiting > keep).then(|| newest[0]);
+        Ok((waiting, skip_to))
+    }
+
+    /// Every intact record after `after`, oldest first, one file in memory at a time.
+    fn each_after(
+        &self,
+        after: u64,
+        mut each: impl FnMut(u64, Record) -> ControlFlow<()>,
+    ) -> Result<()> {
         let (after_file, after_offset) = split(after);
         let files = record_files(&self.dir)?;
         let newest = files.len().saturating_sub(1);
@@ -111,7 +142,7 @@ impl Spool {
             } else {
                 0
             };
-            let decoded = match read_from(path, from, i != newest) {
+            let decoded = match decode_file_from(path, from, i != newest) {
                 Ok(d) => d,
                 // Rotated away between the listing and the read: its records are gone.
                 Err(e) if is_not_found(&e) => continue,
@@ -119,23 +150,12 @@ impl Spool {
             };
             for (offset, record) in decoded.records {
                 let s = seq(number, offset);
-                if s > after {
-                    out.push((s, record));
-                    if out.len() >= max {
-                        return Ok(out);
-                    }
+                if s > after && each(s, record).is_break() {
+                    return Ok(());
                 }
             }
         }
-        Ok(out)
-    }
-
-    /// How many records there are after `after`, and the seq before the newest `keep` of them
-    /// (where to skip to when more than `keep` wait).
-    pub fn backlog(&self, after: u64, keep: usize) -> Result<(usize, Option<u64>)> {
-        let all = self.read_after(after, usize::MAX)?;
-        let skip_to = (all.len() > keep).then(|| all[all.len() - keep - 1].0);
-        Ok((all.len(), skip_to))
+        Ok(())
     }
 }
 
@@ -144,24 +164,13 @@ fn is_not_found(e: &anyhow::Error) -> bool {
         .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound)
 }
 
-fn read_from(path: &Path, offset: u64, complete: bool) -> Result<Decoded> {
-    let mut f = std::fs::File::open(path)?;
-    f.seek(SeekFrom::Start(offset))?;
-    let mut bytes = Vec::new();
-    f.read_to_end(&mut bytes)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
-    let mut d = Decoded::default();
-    decode(&bytes, offset, complete, &mut d);
-    Ok(d)
-}
-
 /// The seq of the newest record in a folder (0: none).
 fn last_seq(dir: &Path) -> Result<u64> {
     for path in record_files(dir)?.iter().rev() {
         let Some(number) = file_number(path) else {
             continue;
         };
-        let decoded = match read_from(path, 0, false) {
+        let decoded = match decode_file_from(path, 0, false) {
             Ok(d) => d,
             Err(e) if is_not_found(&e) => continue,
             Err(e) => return Err(e),
