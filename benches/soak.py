@@ -131,6 +131,10 @@ def main() -> None:
                 s = {
                     "t_s": round(time.monotonic() - start, 1),
                     "rss_kib": vm_kib(proc.pid, "VmRSS") or 0,
+                    # Anonymous (heap, arenas, stacks) vs file-backed (the binary's pages as they
+                    # are first run): a step in the second is not memory the daemon holds.
+                    "rss_anon_kib": vm_kib(proc.pid, "RssAnon") or 0,
+                    "rss_file_kib": vm_kib(proc.pid, "RssFile") or 0,
                     # What the allocator has handed out (glibc mallinfo): flat while the RSS
                     # steps up means arenas or fragmentation, not a leak.
                     "heap_kib": status.get("heap_kib") or 0,
@@ -169,6 +173,7 @@ def main() -> None:
         "face_tracks": len(tracks),
         "rss_mib_start_end": [round(steady[0]["rss_kib"] / 1024, 1), round(steady[-1]["rss_kib"] / 1024, 1)] if steady else None,
         "rss_mib_per_hour": round(slope_per_hour(ts, [s["rss_kib"] / 1024 for s in steady]), 2),
+        "rss_anon_mib_start_end": [round(steady[0]["rss_anon_kib"] / 1024, 1), round(steady[-1]["rss_anon_kib"] / 1024, 1)] if steady else None,
         "heap_mib_start_end": [round(steady[0]["heap_kib"] / 1024, 1), round(steady[-1]["heap_kib"] / 1024, 1)] if steady else None,
         "heap_mib_per_hour": round(slope_per_hour(ts, [s["heap_kib"] / 1024 for s in steady]), 2),
         "fds_min_max": [min(s["fds"] for s in samples), max(s["fds"] for s in samples)],
