@@ -4,6 +4,9 @@
 //!
 //! Decoding mirrors `models/tools/preprocess.py`; the golden tests compare the two.
 
+mod similarity;
+pub use similarity::Similarity;
+
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 

@@ -164,34 +164,21 @@ pub fn transfer_rms(h: &Mat3, from: &[[f64; 2]], to: &[[f64; 2]]) -> f64 {
         .sqrt()
 }
 
-/// The least-squares similarity (shift, scale, roll) taking `from` to `to`, as a matrix.
+/// The least-squares similarity (shift, scale, roll) taking `from` to `to`, as a matrix; for
+/// coincident points (no scale or roll to fit), the shift of their centres.
 pub fn similarity(from: &[[f64; 2]], to: &[[f64; 2]]) -> Mat3 {
-    let n = from.len().max(1) as f64;
-    let mean = |ps: &[[f64; 2]]| {
-        [
-            ps.iter().map(|p| p[0]).sum::<f64>() / n,
-            ps.iter().map(|p| p[1]).sum::<f64>() / n,
-        ]
-    };
-    let (mf, mt) = (mean(from), mean(to));
-    let (mut a, mut b, mut var) = (0.0, 0.0, 0.0);
-    for (p, q) in from.iter().zip(to) {
-        let (x, y) = (p[0] - mf[0], p[1] - mf[1]);
-        let (u, v) = (q[0] - mt[0], q[1] - mt[1]);
-        a += x * u + y * v;
-        b += x * v - y * u;
-        var += x * x + y * y;
+    match crate::face::Similarity::estimate(from, to) {
+        Ok(s) => {
+            let [r0, r1] = s.matrix();
+            [r0, r1, [0.0, 0.0, 1.0]]
+        }
+        Err(_) => {
+            let n = from.len().max(1) as f64;
+            let mean = |ps: &[[f64; 2]], k: usize| ps.iter().map(|p| p[k]).sum::<f64>() / n;
+            let (dx, dy) = (mean(to, 0) - mean(from, 0), mean(to, 1) - mean(from, 1));
+            [[1.0, 0.0, dx], [0.0, 1.0, dy], [0.0, 0.0, 1.0]]
+        }
     }
-    let (a, b) = if var > 0.0 {
-        (a / var, b / var)
-    } else {
-        (1.0, 0.0)
-    };
-    [
-        [a, -b, mt[0] - a * mf[0] + b * mf[1]],
-        [b, a, mt[1] - b * mf[0] - a * mf[1]],
-        [0.0, 0.0, 1.0],
-    ]
 }
 
 /// One frame against the reference: how far the landmarks moved beyond a similarity, and how
