@@ -91,11 +91,12 @@ pub fn profile_model(
     key: &str,
     channels_last: Option<bool>,
     iterations: u32,
+    mark_nodes: bool,
     json: bool,
 ) -> Result<std::process::ExitCode> {
     let manifest = model_manifest(config, key, channels_last)?;
     let backend = crate::infer::tract::TractBackend::new(config.threads);
-    let nodes = backend.profile(&manifest, key, iterations)?;
+    let nodes = backend.profile(&manifest, key, iterations, mark_nodes)?;
     let total: f64 = nodes.iter().map(|n| n.mean_ms).sum();
     let mut ops: Vec<OpTime> = Vec::new();
     for node in &nodes {
@@ -145,8 +146,8 @@ pub fn profile_model(
     println!("slowest nodes:");
     for n in nodes.iter().take(15) {
         println!(
-            "{:>9.3} ms  {:20} {:?}  {}",
-            n.mean_ms, n.op, n.output_shape, n.name
+            "{:>9.3} ms  {:20} {:4} {:?}  {}",
+            n.mean_ms, n.op, n.output_type, n.output_shape, n.name
         );
     }
     Ok(std::process::ExitCode::SUCCESS)

@@ -39,11 +39,23 @@ fn main() -> ExitCode {
             match &args.model {
                 Some(key) => {
                     let channels_last = args.tract_layout.map(|l| matches!(l, TractLayout::Nhwc));
-                    let bench = match args.profile {
-                        true => veriface::bench::profile_model,
-                        false => veriface::bench::one_model,
-                    };
-                    bench(&config, key, channels_last, args.iterations, args.json)
+                    match args.profile {
+                        true => veriface::bench::profile_model(
+                            &config,
+                            key,
+                            channels_last,
+                            args.iterations,
+                            args.mark_nodes,
+                            args.json,
+                        ),
+                        false => veriface::bench::one_model(
+                            &config,
+                            key,
+                            channels_last,
+                            args.iterations,
+                            args.json,
+                        ),
+                    }
                 }
                 None => veriface::bench::run(
                     config,

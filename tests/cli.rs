@@ -608,3 +608,58 @@ fn bench_profile_times_every_node_in_the_chosen_layout() {
     assert_eq!(moves[0], 0, "NCHW runs the file's layout as it is");
     assert!(moves[1] > 0, "NHWC moves the channels last");
 }
+
+/// `bench --profile --mark-nodes` under qemu with benches/arm/insn_count.c: the plugin gives
+/// every evaluated node of the one marked inference its own instruction count (the marker is a
+/// system call no kernel has, so the same binary also runs natively, as the profile test above
+/// shows). Run on x86_64 here, as benches/arm/node_insns.py runs it on aarch64.
+#[test]
+fn mark_nodes_lets_the_qemu_plugin_count_instructions_per_node() {
+    let dir = scratch("mark-nodes");
+    let plugin = dir.join("insn_count.so");
+    let built = Command::new("gcc")
+        .args(["-O2", "-shared", "-fPIC", "-o"])
+        .arg(&plugin)
+        .arg(repo().join("benches/arm/insn_count.c"))
+        .status()
+        .expect("gcc (CI installs it)");
+    assert!(built.success());
+    let o = Command::new("qemu-x86_64")
+        .arg("-plugin")
+        .arg(&plugin)
+        .args(["-d", "plugin"])
+        .arg(env!("CARGO_BIN_EXE_veriface"))
+        .args(["bench", "--model", "emotion", "--profile", "--mark-nodes"])
+        .args(["--iterations", "1", "--json"])
+        .current_dir(repo())
+        .output()
+        .expect("qemu-x86_64 (qemu-user; CI installs it)");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let mut counted = std::collections::HashMap::new();
+    let mut total = 0u64;
+    for line in stderr(&o).lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields[..] {
+            ["node", id, insns, calls] => {
+                assert_eq!(calls, "1", "one marked inference: {line}");
+                counted.insert(id.parse::<u64>().unwrap(), insns.parse::<u64>().unwrap());
+            }
+            ["insns", n] => total = n.parse().unwrap(),
+            _ => {}
+        }
+    }
+    let nodes = doc["nodes"].as_array().unwrap();
+    let insns = |n: &serde_json::Value| counted.get(&n["id"].as_u64().unwrap()).copied();
+    for node in nodes
+        .iter()
+        .filter(|n| n["op"] == "DepthWiseConv" || n["op"] == "OptMatMul")
+    {
+        assert!(insns(node).unwrap_or(0) > 1000, "{node}");
+        assert_eq!(node["output_type"], "F32");
+    }
+    let sum: u64 = counted.values().sum();
+    assert!(sum > 0 && sum < total, "nodes {sum} of {total}");
+    let heaviest = nodes.iter().max_by_key(|n| insns(n).unwrap_or(0)).unwrap();
+    assert_ne!(heaviest["op"], "Const", "constants do no work: {heaviest}");
+}

@@ -4,6 +4,9 @@
 #   bash benches/peer/compare.sh [--clip FILE] [--iterations N] [--passes N] [--threads N] [--memory-seconds S]
 # Ratio = veriface ms / peer ms (below 1: veriface is faster). Then the daemon's cold start and
 # peak RSS (benches/run_memory.py; --memory-seconds 0 skips it). Timings: run on an idle machine.
+# VERIFACE_BIN=PATH times that binary instead of building target/release/veriface (e.g. the
+# release-nolto profile's, which times the same: README, Performance). Per kind of work inside
+# one model: benches/peer/node_compare.py.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 clip=samples/astronaut_zoom.avi
@@ -26,8 +29,9 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q -r benches/peer/requirements.txt
 fi
-cargo build --release --locked -q
-target/release/veriface bench --clip "$clip" --iterations "$iterations" --passes "$passes" \
+bin=${VERIFACE_BIN:-target/release/veriface}
+[ -n "${VERIFACE_BIN:-}" ] || cargo build --release --locked -q
+"$bin" bench --clip "$clip" --iterations "$iterations" --passes "$passes" \
     --threads "$threads" --json > target/bench-veriface.json
 "$venv/bin/python" benches/peer/peer.py --clip "$clip" --iterations "$iterations" \
     --passes "$passes" --json > target/bench-peer.json
@@ -49,5 +53,5 @@ print(f'end to end, veriface realtime schedule: {ours["realtime_fps"]:.1f} frame
       f'ratio {peer["fps"] / ours["realtime_fps"]:.2f}x the peer\'s time')
 PY
 if [ "$memory_seconds" != 0 ]; then
-    python3 benches/run_memory.py --clip "$clip" --seconds "$memory_seconds"
+    python3 benches/run_memory.py --bin "$bin" --clip "$clip" --seconds "$memory_seconds"
 fi

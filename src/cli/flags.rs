@@ -349,6 +349,10 @@ pub(crate) struct BenchArgs {
     /// slowest nodes) instead of the whole inference
     #[arg(long, requires = "model")]
     pub(crate) profile: bool,
+    /// With --profile: bracket each node with a marker system call that
+    /// benches/arm/insn_count.c uses to count guest instructions per node under qemu
+    #[arg(long, requires = "profile")]
+    pub(crate) mark_nodes: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

@@ -102,18 +102,29 @@ fn channels_last(model: &mut TypedModel) -> Result<()> {
 /// One node of an optimised tract plan and its mean time per inference.
 #[derive(Debug, Serialize)]
 pub struct NodeTime {
+    /// The node's id in the optimised plan (what `--mark-nodes` markers carry).
+    pub id: usize,
     /// tract's operator after optimisation (e.g. OptMatMul, DepthWiseConv).
     pub op: String,
     /// The node's name, derived from the ONNX node it came from.
     pub name: String,
     pub output_shape: Vec<usize>,
+    /// The first output's element type (e.g. F32, I8, I32): tells the integer nodes apart.
+    pub output_type: String,
     pub mean_ms: f64,
 }
 
 impl TractBackend {
     /// Time every node of one manifest model over `runs` inferences on zero inputs (after one
     /// warm-up run), slowest first: where the time goes before deciding what to change.
-    pub fn profile(&self, manifest: &Manifest, key: &str, runs: u32) -> Result<Vec<NodeTime>> {
+    /// `mark_nodes` brackets each timed node's evaluation with [`node_marker`] calls.
+    pub fn profile(
+        &self,
+        manifest: &Manifest,
+        key: &str,
+        runs: u32,
+        mark_nodes: bool,
+    ) -> Result<Vec<NodeTime>> {
         let (plan, file) = optimized_plan(manifest, key)?;
         let inputs = crate::infer::zero_inputs(manifest, key)?;
         let mut state = SimpleState::new(&plan)?;
@@ -124,8 +135,15 @@ impl TractBackend {
                 let values = to_values(&inputs, &file)?;
                 state
                     .run_plan_with_eval(values, |ctx, op_state, node, input| {
+                        let marked = mark_nodes && run > 0;
                         let started = Instant::now();
+                        if marked {
+                            node_marker(NodeMark::Start, node.id);
+                        }
                         let output = eval(ctx, op_state, node, input);
+                        if marked {
+                            node_marker(NodeMark::End, node.id);
+                        }
                         if run > 0 {
                             spent[node.id] += started.elapsed();
                         }
@@ -140,6 +158,7 @@ impl TractBackend {
             .nodes()
             .iter()
             .map(|node| NodeTime {
+                id: node.id,
                 op: node.op().name().to_string(),
                 name: node.name.clone(),
                 output_shape: node
@@ -147,11 +166,41 @@ impl TractBackend {
                     .first()
                     .and_then(|o| o.fact.shape.as_concrete().map(<[usize]>::to_vec))
                     .unwrap_or_default(),
+                output_type: node
+                    .outputs
+                    .first()
+                    .map(|o| format!("{:?}", o.fact.datum_type.unquantized()))
+                    .unwrap_or_default(),
                 mean_ms: spent[node.id].as_secs_f64() * 1e3 / runs as f64,
             })
             .collect();
         nodes.sort_by(|a, b| b.mean_ms.total_cmp(&a.mean_ms));
         Ok(nodes)
+    }
+}
+
+/// The system call number of the per-node marker. No kernel has it (Linux answers ENOSYS and
+/// does nothing else); `benches/arm/insn_count.c` watches for it under qemu to attribute
+/// guest instructions to tract's nodes.
+const NODE_MARKER_SYSCALL: i64 = 0x7e57;
+
+#[derive(Clone, Copy)]
+enum NodeMark {
+    Start = 0,
+    End = 1,
+}
+
+/// Marks the start or end of one node's evaluation for an instruction counter outside the
+/// process (a qemu plugin sees every system call with its arguments). A no-op elsewhere.
+fn node_marker(mark: NodeMark, node: usize) {
+    // SAFETY: an unknown system call number takes no pointers and changes nothing; it only
+    // returns ENOSYS, which is ignored.
+    unsafe {
+        libc::syscall(
+            NODE_MARKER_SYSCALL as libc::c_long,
+            mark as libc::c_long,
+            node,
+        );
     }
 }
 
