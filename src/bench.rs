@@ -203,6 +203,13 @@ pub fn run(
         .into_iter()
         .next()
         .with_context(|| format!("{}: no face in the first frame", clip.display()))?;
+    // Part of "detect: total" for every face found; the peer has no such check.
+    if let Some(check) = engine.detector.presence_check() {
+        rows.push(row(
+            "detect: presence check (per face)",
+            time(iterations, || check.presence(frame, &det))?,
+        ));
+    }
     rows.extend(face_stage_rows(&engine, frame, &det, iterations)?);
     // End to end, like the peer: every model on every frame.
     let every = end_to_end(&engine, &frames, Schedule::EVERY_FRAME, passes)?;

@@ -368,6 +368,11 @@ impl FaceDetector {
         self
     }
 
+    /// The presence check, when the manifest has a landmark model.
+    pub fn presence_check(&self) -> Option<&PresenceCheck> {
+        self.presence.as_ref()
+    }
+
     /// The first detector's letterboxed, normalised input tensor for a frame.
     pub fn input(&self, frame: &Frame) -> (Tensor, Letterbox) {
         self.ranges[0].input(frame)

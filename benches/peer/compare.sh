@@ -44,6 +44,10 @@ for s in peer["stages"]:
     name, theirs = s["stage"], s["mean_ms"]
     if name in mine:
         print(f"{name:36} {mine[name]:12.2f} {theirs:10.2f} {mine[name] / theirs:7.2f}")
+theirs = {s["stage"] for s in peer["stages"]}
+for name, ms in mine.items():
+    if name not in theirs and not name.startswith(("end to end", "backbone")):
+        print(f"{name:36} {ms:12.2f} {'(veriface only)':>18}")
 print(f'end to end, every model on every frame: veriface {ours["fps"]:.1f} frames/s '
       f'({ours["threads"]} thread(s)), peer {peer["fps"]:.1f} frames/s ({peer["runtime"]}); '
       f'ratio {peer["fps"] / ours["fps"]:.2f}x the peer\'s time')
