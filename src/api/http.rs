@@ -11,6 +11,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 #[cfg(feature = "fleet")]
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +24,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::sinks::records::{decode_file, decode_file_from, record_files, record_json, Record};
+use crate::sinks::records::{
+    each_after, file_number, record_files, record_json, seq, split, Record,
+};
 use crate::sinks::telemetry::FLEET_NOT_BUILT;
 
 const PAGE: &str = include_str!("operator.html");
@@ -229,15 +232,13 @@ fn route(
     }
 }
 
-/// The newest records and sessions, kept between requests: each request decodes only what the
-/// newest record file gained since the last one (a busy kiosk's 4 MiB files were decoded whole,
-/// twice, every second a page was open).
+/// The newest records and sessions, kept between requests: each request decodes only the
+/// records after the last one it took (a busy kiosk's 4 MiB files were decoded whole, twice,
+/// every second a page was open).
 #[derive(Default)]
 struct RecordTail {
-    /// The newest file read, and the offset of its last record read (its records up to there
-    /// are in the lists).
-    file: Option<PathBuf>,
-    last_offset: Option<u64>,
+    /// The seq of the last record taken; None before the first look.
+    after: Option<u64>,
     /// Newest last.
     records: VecDeque<serde_json::Value>,
     sessions: VecDeque<serde_json::Value>,
@@ -246,53 +247,44 @@ struct RecordTail {
 impl RecordTail {
     fn update(&mut self, dir: &Path) -> Result<()> {
         let files = record_files(dir)?;
-        let Some(newest) = files.last() else {
+        let numbers: Vec<u64> = files.iter().filter_map(|p| file_number(p)).collect();
+        let (Some(&newest), Some(newest_path)) = (numbers.last(), files.last()) else {
             *self = RecordTail::default();
             return Ok(());
         };
-        let shrunk =
-            std::fs::metadata(newest).is_ok_and(|m| self.last_offset.is_some_and(|o| m.len() <= o));
-        if self.file.as_ref() != Some(newest) || shrunk {
-            // First look, a rotation, or a folder started afresh: the two newest files (one
-            // holds thousands of records, the second covers a rotation a moment ago).
-            *self = RecordTail::default();
-            for path in &files[files.len().saturating_sub(2)..files.len() - 1] {
-                if let Ok(decoded) = decode_file(path) {
-                    self.take(decoded.records);
-                }
+        if let Some(after) = self.after {
+            let (file, offset) = split(after);
+            let shrunk =
+                file == newest && std::fs::metadata(newest_path).is_ok_and(|m| m.len() <= offset);
+            if file > newest || shrunk {
+                // The folder was started afresh or the file cut short: read it as new.
+                *self = RecordTail::default();
             }
-            self.file = Some(newest.clone());
         }
-        // From the last record read (re-decoded, skipped) to the end, bar a record still being
-        // written.
-        let from = self.last_offset.unwrap_or(0);
-        let decoded = decode_file_from(newest, from, false)?;
-        let seen = self.last_offset;
-        let fresh = decoded
-            .records
-            .into_iter()
-            .filter(|(o, _)| seen.is_none_or(|s| *o > s));
-        let fresh: Vec<_> = fresh.collect();
-        if let Some((offset, _)) = fresh.last() {
-            self.last_offset = Some(*offset);
-        }
-        self.take(fresh);
+        // Never further back than the second-newest file: one holds thousands of records, the
+        // second covers a rotation a moment ago.
+        let floor = seq(numbers[numbers.len().saturating_sub(2)], 0);
+        let mut last = None;
+        each_after(dir, self.after.unwrap_or(0).max(floor), |s, record| {
+            last = Some(s);
+            self.take(record);
+            ControlFlow::Continue(())
+        })?;
+        self.after = last.or(self.after);
         Ok(())
     }
 
-    fn take(&mut self, records: Vec<(u64, Record)>) {
-        for (_, record) in records {
-            let v = record_json(&record);
-            if v["event"] == "session" {
-                self.sessions.push_back(v.clone());
-                if self.sessions.len() > SESSIONS_SHOWN {
-                    self.sessions.pop_front();
-                }
+    fn take(&mut self, record: Record) {
+        let v = record_json(&record);
+        if v["event"] == "session" {
+            self.sessions.push_back(v.clone());
+            if self.sessions.len() > SESSIONS_SHOWN {
+                self.sessions.pop_front();
             }
-            self.records.push_back(v);
-            if self.records.len() > RECORDS_SHOWN {
-                self.records.pop_front();
-            }
+        }
+        self.records.push_back(v);
+        if self.records.len() > RECORDS_SHOWN {
+            self.records.pop_front();
         }
     }
 
@@ -357,7 +349,7 @@ mod tests {
             rotate_kib: 16,
             ..RecordsConfig::default()
         };
-        let mut w = RecordWriter::open(&dir, cfg, Box::new(StatVfs)).unwrap();
+        let mut w = RecordWriter::open(&dir, cfg.clone(), Box::new(StatVfs)).unwrap();
         let mut write = |from: u64, to: u64| {
             for n in from..=to {
                 let event = Event::CameraBack;
@@ -382,11 +374,12 @@ mod tests {
         write(1, 10);
         tail.update(&dir).unwrap();
         assert_eq!(walls(&tail.json()), (1..=10).rev().collect::<Vec<_>>());
-        let read_to = tail.last_offset;
+        let read_to = tail.after;
         write(11, 12);
         tail.update(&dir).unwrap();
         assert_eq!(walls(&tail.json())[..3], [12, 11, 10]);
-        assert!(tail.last_offset > read_to, "moved on, no repeats");
+        assert_eq!(walls(&tail.json()).len(), 12, "no repeats");
+        assert!(tail.after > read_to, "moved on");
         // Past several rotations (16 KiB files, ~14 bytes a record): the newest 30.
         write(13, 4000);
         assert!(record_files(&dir).unwrap().len() > 2);
@@ -396,6 +389,25 @@ mod tests {
         let mut fresh = RecordTail::default();
         fresh.update(&dir).unwrap();
         assert_eq!(fresh.json(), tail.json());
+        // The folder emptied and started again (numbering from 1): the new records, only.
+        drop(w);
+        for path in record_files(&dir).unwrap() {
+            std::fs::remove_file(path).unwrap();
+        }
+        let mut w = RecordWriter::open(&dir, cfg.clone(), Box::new(StatVfs)).unwrap();
+        for n in 1..=5 {
+            let device = short("d");
+            let event = Event::CameraBack;
+            w.write(&Record {
+                wall_ms: n,
+                mono_ms: n,
+                device,
+                event,
+            })
+            .unwrap();
+        }
+        tail.update(&dir).unwrap();
+        assert_eq!(walls(&tail.json()), [5, 4, 3, 2, 1]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -10,10 +10,12 @@
 //! Encoding uses fixed stack buffers and heapless strings: no allocation per record.
 //!
 //! One file per job: `format` (records, framing, decoding), `writer` (files, rotation, space),
-//! `output` (the live run's record output), `read` (JSON/CSV, statistics, follow).
+//! `output` (the live run's record output), `read` (JSON/CSV, statistics, follow), `place` (a
+//! record's place across files, reading forward from one).
 
 mod format;
 mod output;
+mod place;
 mod read;
 mod writer;
 
@@ -21,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 pub use format::*;
 pub use output::RecordsOutput;
+pub use place::{each_after, last_seq, seq, split};
 pub use read::*;
 pub use writer::*;
 

@@ -1,9 +1,6 @@
-//! The record files read as the publisher's spool: records after a position, and the position
-//! of the last record the broker acknowledged, kept beside the records.
-//!
-//! A record's place is its `seq`: the record file's number in the high 32 bits and the frame's
-//! byte offset in the low 32 (a record file is far smaller than 4 GiB: `records.rotate_kib`), so
-//! later records always have larger numbers, across rotations and restarts.
+//! The record files read as the publisher's spool: records after a position (a record's `seq`,
+//! `sinks::records::seq`), and the position of the last record the broker acknowledged, kept
+//! beside the records.
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
@@ -11,17 +8,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::sinks::records::{decode_file_from, file_number, record_files, Record};
+use crate::sinks::records::{each_after, last_seq, Record};
 
 pub const CURSOR_FILE: &str = "mqtt.cursor";
-
-pub fn seq(file_number: u64, offset: u64) -> u64 {
-    (file_number << 32) | (offset & 0xffff_ffff)
-}
-
-fn split(seq: u64) -> (u64, u64) {
-    (seq >> 32, seq & 0xffff_ffff)
-}
 
 pub struct Spool {
     dir: PathBuf,
@@ -93,7 +82,7 @@ impl Spool {
     /// last bytes may be a record still being written: left for the next read.
     pub fn read_after(&self, after: u64, max: usize) -> Result<Vec<(u64, Record)>> {
         let mut out = Vec::new();
-        self.each_after(after, |s, record| {
+        each_after(&self.dir, after, |s, record| {
             out.push((s, record));
             match out.len() >= max {
                 true => ControlFlow::Break(()),
@@ -109,7 +98,7 @@ impl Spool {
     pub fn backlog(&self, after: u64, keep: usize) -> Result<(usize, Option<u64>)> {
         let mut waiting = 0;
         let mut newest = VecDeque::with_capacity(keep + 1);
-        self.each_after(after, |s, _| {
+        each_after(&self.dir, after, |s, _| {
             waiting += 1;
             if newest.len() > keep {
                 newest.pop_front();
@@ -120,72 +109,12 @@ impl Spool {
         let skip_to = (waiting > keep).then(|| newest[0]);
         Ok((waiting, skip_to))
     }
-
-    /// Every intact record after `after`, oldest first, one file in memory at a time.
-    fn each_after(
-        &self,
-        after: u64,
-        mut each: impl FnMut(u64, Record) -> ControlFlow<()>,
-    ) -> Result<()> {
-        let (after_file, after_offset) = split(after);
-        let files = record_files(&self.dir)?;
-        let newest = files.len().saturating_sub(1);
-        for (i, path) in files.iter().enumerate() {
-            let Some(number) = file_number(path) else {
-                continue;
-            };
-            if number < after_file {
-                continue;
-            }
-            let from = if number == after_file {
-                after_offset
-            } else {
-                0
-            };
-            let decoded = match decode_file_from(path, from, i != newest) {
-                Ok(d) => d,
-                // Rotated away between the listing and the read: its records are gone.
-                Err(e) if is_not_found(&e) => continue,
-                Err(e) => return Err(e),
-            };
-            for (offset, record) in decoded.records {
-                let s = seq(number, offset);
-                if s > after && each(s, record).is_break() {
-                    return Ok(());
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-fn is_not_found(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<std::io::Error>()
-        .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound)
-}
-
-/// The seq of the newest record in a folder (0: none).
-fn last_seq(dir: &Path) -> Result<u64> {
-    for path in record_files(dir)?.iter().rev() {
-        let Some(number) = file_number(path) else {
-            continue;
-        };
-        let decoded = match decode_file_from(path, 0, false) {
-            Ok(d) => d,
-            Err(e) if is_not_found(&e) => continue,
-            Err(e) => return Err(e),
-        };
-        if let Some((offset, _)) = decoded.records.last() {
-            return Ok(seq(number, *offset));
-        }
-    }
-    Ok(0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sinks::records::{Event, RecordWriter, RecordsConfig, StatVfs};
+    use crate::sinks::records::{record_files, Event, RecordWriter, RecordsConfig, StatVfs};
 
     fn record(n: u64) -> Record {
         Record {
