@@ -302,9 +302,11 @@ fn identity_alignment_and_embedding_match_the_tools() {
     );
 }
 
-/// Passive PAD: the mirrored crop against models/tools/pad.py, and the models in ../shared
-/// (never committed) against onnxruntime's logits on it; both known files pass the PAD
-/// manifest's sha256 check. Tolerances are in pad.json.
+/// Passive PAD: the mirrored crop against models/tools/pad.py, and the models against
+/// onnxruntime's logits on it; every known file passes the PAD manifest's sha256 check. The
+/// 128 px models are read from ../shared (never committed); the 80 px ones are conversions that
+/// models/tools/minifasnet.py writes into models/tools/.cache/pad (it needs torch), checked
+/// where they exist. Tolerances are in pad.json.
 #[test]
 fn pad_crop_and_models_match_the_tools() {
     use veriface::frame::{crop_resize_reflect_into, Colour, Normalise, Region};
@@ -316,60 +318,91 @@ fn pad_crop_and_models_match_the_tools() {
     let img = read_image(&repo().join("samples/astronaut.png")).unwrap();
     let pad_manifest = Manifest::load(&repo().join("models/pad.toml")).unwrap();
     let backend = TractBackend::new(1);
-    let pad_dir = common::shared().join("models/pad");
-    let models: Vec<(String, PadModel)> = pad_manifest
-        .models
-        .iter()
-        .map(|(key, spec)| {
-            let m = PadModel::load(&backend, &pad_manifest, &pad_dir.join(&spec.file))
-                .unwrap_or_else(|e| panic!("{key}: {e:#}"));
-            assert_eq!(&m.key, key);
-            (key.clone(), m)
-        })
-        .collect();
-    assert_eq!(models.len(), 2);
-    for (name, case) in golden["cases"].as_object().unwrap() {
-        let r: Vec<i64> = serde_json::from_value(case["region"].clone()).unwrap();
-        let region = Region {
-            x0: r[0],
-            y0: r[1],
-            width: r[2] as usize,
-            height: r[2] as usize,
+    let shared_dir = common::shared().join("models/pad");
+    let converted_dir = repo().join("models/tools/.cache/pad");
+    let mut models: Vec<(String, PadModel)> = Vec::new();
+    for (key, spec) in &pad_manifest.models {
+        let converted = spec.input.shape[2] == 80;
+        let path = match converted {
+            true => converted_dir.join(&spec.file),
+            false => shared_dir.join(&spec.file),
         };
-        let mut data = vec![0f32; 3 * 128 * 128];
+        if converted && !path.exists() {
+            eprintln!(
+                "{key}: {} not converted here (models/tools/minifasnet.py): skipped",
+                path.display()
+            );
+            continue;
+        }
+        let m = PadModel::load(&backend, &pad_manifest, &path)
+            .unwrap_or_else(|e| panic!("{key}: {e:#}"));
+        assert_eq!(&m.key, key);
+        models.push((key.clone(), m));
+    }
+    assert!(models.len() >= 2, "the two 128 px models in ../shared");
+    let mut checked = 0;
+    for group in ["cases", "cases_80"] {
+        let size = golden[group]["size"].as_u64().unwrap() as usize;
         let norm = Normalise {
             mean: 0.0,
-            std: 255.0,
+            std: golden[group]["std"].as_f64().unwrap() as f32,
         };
-        crop_resize_reflect_into(&img, region, 128, 128, Colour::Rgb, norm, &mut data);
-        let (_, want) = read_npy(&golden_dir().join(case["input"].as_str().unwrap()));
-        let excess = max_excess(&data, &want, 0.0);
-        assert!(
-            excess <= tol("input_abs"),
-            "{name}: PAD crop differs by {excess}"
-        );
-        let input = Tensor::new(vec![1, 3, 128, 128], data);
-        for (key, model) in &models {
-            let got = model.logits(&input).unwrap();
-            let want: Vec<f32> = serde_json::from_value(case["logits"][key].clone()).unwrap();
-            let allowed = if key.contains("int8") {
-                tol("int8_logit_abs")
-            } else {
-                tol("logit_abs")
+        for (name, case) in golden[group]["cases"].as_object().unwrap() {
+            let r: Vec<i64> = serde_json::from_value(case["region"].clone()).unwrap();
+            let region = Region {
+                x0: r[0],
+                y0: r[1],
+                width: r[2] as usize,
+                height: r[2] as usize,
             };
-            let excess = max_excess(&got, &want, 0.0);
+            let mut data = vec![0f32; 3 * size * size];
+            crop_resize_reflect_into(&img, region, size, size, Colour::Rgb, norm, &mut data);
+            let (_, want) = read_npy(&golden_dir().join(case["input"].as_str().unwrap()));
+            let excess = max_excess(&data, &want, 0.0);
             assert!(
-                excess <= allowed,
-                "{name}/{key}: logits {got:?} vs {want:?}"
+                excess <= tol("input_abs"),
+                "{name}: PAD crop differs by {excess}"
             );
+            let input = Tensor::new(vec![1, 3, size, size], data);
+            for (key, want) in case["logits"].as_object().unwrap() {
+                let Some((_, model)) = models.iter().find(|(k, _)| k == key) else {
+                    continue;
+                };
+                let got = model.logits(&input).unwrap();
+                let want: Vec<f32> = serde_json::from_value(want.clone()).unwrap();
+                let allowed = if key.contains("int8") {
+                    tol("int8_logit_abs")
+                } else {
+                    tol("logit_abs")
+                };
+                let excess = max_excess(&got, &want, 0.0);
+                assert!(
+                    excess <= allowed,
+                    "{name}/{key}: logits {got:?} vs {want:?}"
+                );
+                checked += 1;
+            }
         }
     }
-    // The face box route lands on the same crop as the tools' region.
+    assert!(checked >= 4, "{checked} model/case pairs");
+    // The face box route lands on the same crop as the tools' region, at each model's scale.
     let det = detection(&golden_json()["detections"]["face_short"][0]["box"]);
-    let (_, want) = read_npy(&golden_dir().join("pad_inside_input.npy"));
-    let input = models[0].1.input(&img, &det);
-    assert!(max_excess(&input.data, &want, 0.0) <= tol("input_abs"));
-    assert!(models[0].1.live_probability(&img, &det).unwrap() > 0.5);
+    for (key, model) in &models {
+        let file = match key.as_str() {
+            "minifasnetv2_80" => "pad_inside_v2_input.npy",
+            "minifasnetv1se_80" => "pad_inside_v1se_input.npy",
+            _ => "pad_inside_input.npy",
+        };
+        let (_, want) = read_npy(&golden_dir().join(file));
+        let input = model.input(&img, &det);
+        assert!(
+            max_excess(&input.data, &want, 0.0) <= tol("input_abs"),
+            "{key}: face-box crop"
+        );
+        if key == "minifasnetv2se_128" {
+            assert!(model.live_probability(&img, &det).unwrap() > 0.5, "{key}");
+        }
+    }
     // A file that is not a known PAD model is refused, naming it.
     let err = PadModel::load(
         &backend,

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Passive presentation-attack detection (PAD): the crop spec, models/pad.toml, golden references.
 
-    python models/tools/pad.py [--pad-dir ../shared/models/pad]
+    python models/tools/pad.py [--pad-dir ../shared/models/pad] [--converted-dir models/tools/.cache/pad]
 
 PAD weights are never part of the repository (the ones in ../shared are evaluation weights under
 research terms; a customer installs their own licensed model). What the repository holds is the
@@ -41,6 +41,14 @@ CELEBASPOOF_TERMS = {
     "source": "MiniFASNetV2-SE 128 px (ONNX opset 13), as provided in ../shared/models/pad (not redistributed)",
     "training_data": "CelebA-Spoof (non-commercial research)",
 }
+SILENTFACE_TERMS = {
+    "licence": "Apache-2.0 (weights and code); trained on the publisher's undisclosed in-house data: used here as an evaluation model",
+    "source": "Silent-Face-Anti-Spoofing state dict in ../shared/models/pad, converted by models/tools/minifasnet.py (not redistributed)",
+    "training_data": "undisclosed in-house data of the publisher (minivision)",
+}
+# The 80 px models' files are ONNX conversions that models/tools/minifasnet.py writes into
+# --converted-dir (from the state dicts in ../shared; never committed). Input raw 0-255 RGB.
+CONVERTED = {"minifasnetv2_80", "minifasnetv1se_80"}
 PAD_MODELS = {
     "minifasnetv2se_128": {
         "file": "minifasnetv2se_128_celebaspoof.onnx", "task": "pad",
@@ -54,7 +62,23 @@ PAD_MODELS = {
         "input": {"name": "input", "shape": [1, 3, 128, 128], "layout": "NCHW", "dtype": "f32", "colour": "RGB"},
         "normalise": {"mean": 0.0, "std": 255.0}, "crop_scale": 1.5, "outputs": ["output"],
         "classes": ["live", "spoof"], **CELEBASPOOF_TERMS},
+    "minifasnetv2_80": {
+        "file": "minifasnetv2_80_silentface.onnx", "task": "pad",
+        "description": "MiniFASNetV2 80 px (Silent-Face): a face crop 2.7 x the box -> logits [spoof, live, spoof]",
+        "input": {"name": "input", "shape": [1, 3, 80, 80], "layout": "NCHW", "dtype": "f32", "colour": "RGB"},
+        "normalise": {"mean": 0.0, "std": 1.0}, "crop_scale": 2.7, "outputs": ["output"],
+        "classes": ["spoof", "live", "spoof_other"], **SILENTFACE_TERMS},
+    "minifasnetv1se_80": {
+        "file": "minifasnetv1se_80_silentface.onnx", "task": "pad",
+        "description": "MiniFASNetV1-SE 80 px (Silent-Face): a face crop 4.0 x the box -> logits [spoof, live, spoof]",
+        "input": {"name": "input", "shape": [1, 3, 80, 80], "layout": "NCHW", "dtype": "f32", "colour": "RGB"},
+        "normalise": {"mean": 0.0, "std": 1.0}, "crop_scale": 4.0, "outputs": ["output"],
+        "classes": ["spoof", "live", "spoof_other"], **SILENTFACE_TERMS},
 }
+
+
+def model_path(key: str, pad_dir: Path, converted_dir: Path) -> Path:
+    return (converted_dir if key in CONVERTED else pad_dir) / PAD_MODELS[key]["file"]
 
 
 def reflect_crop(img: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:
@@ -74,23 +98,24 @@ def reflect_crop(img: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:
     return img[mirror(ys, h)][:, mirror(xs, w)]
 
 
-def pad_input(img: np.ndarray, region: tuple[int, int, int], size: int) -> np.ndarray:
+def pad_input(img: np.ndarray, region: tuple[int, int, int], size: int, std: float = 255.0) -> np.ndarray:
     """The resize reads the mirrored frame past the region's edges too (its filter taps reach a
     few pixels out), so a margin wider than the taps is mirrored with it."""
     x0, y0, side = region
     m = -(-side // size) + 2
     crop = reflect_crop(img.astype(np.float32), x0 - m, y0 - m, side + 2 * m)
-    out = pp.crop_resize(crop, m, m, side, side, size, size) / np.float32(255.0)
+    out = pp.crop_resize(crop, m, m, side, side, size, size) / np.float32(std)
     return out.transpose(2, 0, 1)[None].astype(np.float32)
 
 
-def write_pad_manifest(pad_dir: Path) -> dict:
-    """models/pad.toml: every known PAD model, with the sha256 of the file in pad_dir."""
+def write_pad_manifest(pad_dir: Path, converted_dir: Path) -> dict:
+    """models/pad.toml: every known PAD model, with the sha256 of its file."""
     models = {}
     for key, spec in PAD_MODELS.items():
-        path = pad_dir / spec["file"]
+        path = model_path(key, pad_dir, converted_dir)
         if not path.exists():
-            raise SystemExit(f"{path}: missing (the PAD weights are read from ../shared/models/pad)")
+            raise SystemExit(f"{path}: missing (the PAD weights are read from ../shared/models/pad; "
+                             "the 80 px conversions come from models/tools/minifasnet.py)")
         models[key] = {**spec, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     hashes = {k: v.pop("sha256") for k, v in models.items()}
     lines = ["# Known presentation-attack-detection models, written by models/tools/pad.py.",
@@ -106,23 +131,31 @@ def write_pad_manifest(pad_dir: Path) -> dict:
     return hashes
 
 
-def write_golden(pad_dir: Path) -> dict:
+def write_golden(pad_dir: Path, converted_dir: Path) -> dict:
     import onnxruntime as ort
 
     img = media.read_rgb(REPO / "samples" / "astronaut.png")
-    box = json.loads((GOLDEN / "golden.json").read_text())["detections"]["face_short"][0]["box"]
-    inside = pp.square_crop_region(np.array(box), PAD_MODELS["minifasnetv2se_128"]["crop_scale"])
-    # A region past the top-left corner: the mirrored padding is exercised too.
-    edge = (-60, -45, 220)
-    cases = {}
-    sessions = {k: ort.InferenceSession(str(pad_dir / s["file"])) for k, s in PAD_MODELS.items()}
-    for name, region in (("inside", inside), ("edge", edge)):
-        x = pad_input(img, region, 128)
-        np.save(GOLDEN / f"pad_{name}_input.npy", x, allow_pickle=False)
-        logits = {k: [round(float(v), 6) for v in s.run(None, {"input": x})[0][0]] for k, s in sessions.items()}
-        cases[name] = {"region": list(region), "input": f"pad_{name}_input.npy", "logits": logits}
-    golden = {"image": "samples/astronaut.png", "cases": cases,
+    box = np.array(json.loads((GOLDEN / "golden.json").read_text())["detections"]["face_short"][0]["box"])
+    golden = {"image": "samples/astronaut.png",
               "tolerance": {"input_abs": 1e-5, "logit_abs": 1e-3, "int8_logit_abs": 0.05}}
+    # One set of cases per input size: the region each model's own crop scale gives for the
+    # face, and one past the top-left corner (the mirrored padding).
+    for size, group, regions in (
+            (128, "cases", {"inside": ["minifasnetv2se_128", "minifasnetv2se_128_int8"], "edge": None}),
+            (80, "cases_80", {"inside_v2": ["minifasnetv2_80"], "inside_v1se": ["minifasnetv1se_80"],
+                              "edge_80": None})):
+        keys = [k for ks in regions.values() if ks for k in ks]
+        std = PAD_MODELS[keys[0]]["normalise"]["std"]
+        sessions = {k: ort.InferenceSession(str(model_path(k, pad_dir, converted_dir))) for k in keys}
+        cases = {}
+        for name, own in regions.items():
+            region = (-60, -45, 220) if own is None else pp.square_crop_region(box, PAD_MODELS[own[0]]["crop_scale"])
+            x = pad_input(img, region, size, std)
+            file = f"pad_{name}_input.npy"
+            np.save(GOLDEN / file, x, allow_pickle=False)
+            logits = {k: [round(float(v), 6) for v in s.run(None, {"input": x})[0][0]] for k, s in sessions.items()}
+            cases[name] = {"region": [int(v) for v in region], "input": file, "logits": logits}
+        golden[group] = {"size": size, "std": std, "cases": cases}
     (GOLDEN / "pad.json").write_text(json.dumps(golden, indent=1) + "\n")
     return golden
 
@@ -130,9 +163,10 @@ def write_golden(pad_dir: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pad-dir", type=Path, default=DEFAULT_PAD_DIR)
+    ap.add_argument("--converted-dir", type=Path, default=TOOLS / ".cache" / "pad")
     args = ap.parse_args()
-    print(write_pad_manifest(args.pad_dir))
-    print(json.dumps(write_golden(args.pad_dir)["cases"], indent=1))
+    print(write_pad_manifest(args.pad_dir, args.converted_dir))
+    print(json.dumps(write_golden(args.pad_dir, args.converted_dir), indent=1))
 
 
 if __name__ == "__main__":
