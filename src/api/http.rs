@@ -349,8 +349,7 @@ mod tests {
             rotate_kib: 16,
             ..RecordsConfig::default()
         };
-        let mut w = RecordWriter::open(&dir, cfg.clone(), Box::new(StatVfs)).unwrap();
-        let mut write = |from: u64, to: u64| {
+        let write_to = |w: &mut RecordWriter, from: u64, to: u64| {
             for n in from..=to {
                 let event = Event::CameraBack;
                 let device = short("d");
@@ -363,6 +362,8 @@ mod tests {
                 .unwrap();
             }
         };
+        let mut w = RecordWriter::open(&dir, cfg.clone(), Box::new(StatVfs)).unwrap();
+        let mut write = |from: u64, to: u64| write_to(&mut w, from, to);
         let walls = |v: &serde_json::Value| -> Vec<u64> {
             let records = v["records"].as_array().unwrap();
             records
@@ -394,18 +395,8 @@ mod tests {
         for path in record_files(&dir).unwrap() {
             std::fs::remove_file(path).unwrap();
         }
-        let mut w = RecordWriter::open(&dir, cfg.clone(), Box::new(StatVfs)).unwrap();
-        for n in 1..=5 {
-            let device = short("d");
-            let event = Event::CameraBack;
-            w.write(&Record {
-                wall_ms: n,
-                mono_ms: n,
-                device,
-                event,
-            })
-            .unwrap();
-        }
+        let mut w = RecordWriter::open(&dir, cfg, Box::new(StatVfs)).unwrap();
+        write_to(&mut w, 1, 5);
         tail.update(&dir).unwrap();
         assert_eq!(walls(&tail.json()), [5, 4, 3, 2, 1]);
         std::fs::remove_dir_all(&dir).unwrap();
