@@ -117,7 +117,7 @@ pub struct NodeTime {
 impl TractBackend {
     /// Time every node of one manifest model over `runs` inferences on zero inputs (after one
     /// warm-up run), slowest first: where the time goes before deciding what to change.
-    /// `mark_nodes` brackets each timed node's evaluation with [`node_marker`] calls.
+    /// `mark_nodes` brackets each timed node's evaluation with `node_marker` calls.
     pub fn profile(
         &self,
         manifest: &Manifest,
