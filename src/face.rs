@@ -4,8 +4,12 @@
 //!
 //! Decoding mirrors `models/tools/preprocess.py`; the golden tests compare the two.
 
+mod eyes;
 mod similarity;
+mod warp;
+pub use eyes::{openness_of, EyeModel, EYES_TASK};
 pub use similarity::Similarity;
+pub use warp::warp_rgb;
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};

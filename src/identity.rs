@@ -8,7 +8,7 @@
 
 use anyhow::{bail, Context, Result};
 
-use crate::face::{Detection, FaceLandmarks, PresenceCheck, Similarity};
+use crate::face::{warp_rgb, Detection, FaceLandmarks, PresenceCheck, Similarity};
 use crate::frame::{Frame, Normalise};
 use crate::infer::{Backend, Model, Tensor};
 use crate::manifest::Manifest;
@@ -55,38 +55,6 @@ pub fn five_points(landmarks: &FaceLandmarks) -> Result<FivePoints> {
         at(MOUTH_IMAGE_LEFT),
         at(MOUTH_IMAGE_RIGHT),
     ])
-}
-
-/// Warp `frame` into a `size` x `size` RGB image (row-major, 3 floats per pixel, 0-255): each
-/// output pixel samples the frame at `to_frame(x, y)` bilinearly, neighbours outside the frame
-/// count as 0 (cv2.warpAffine INTER_LINEAR with a constant border, what the model was used with).
-pub fn warp_rgb(frame: &Frame, to_frame: &Similarity, size: usize) -> Vec<f32> {
-    let mut out = vec![0f32; size * size * 3];
-    let pixel = |x: i64, y: i64| -> [f32; 3] {
-        if x < 0 || y < 0 || x >= frame.width as i64 || y >= frame.height as i64 {
-            return [0.0; 3];
-        }
-        let i = (y as usize * frame.width + x as usize) * 3;
-        let p = &frame.rgb[i..i + 3];
-        [p[0] as f32, p[1] as f32, p[2] as f32]
-    };
-    for oy in 0..size {
-        for ox in 0..size {
-            let [sx, sy] = to_frame.apply([ox as f64, oy as f64]);
-            let (x0, y0) = (sx.floor(), sy.floor());
-            let (fx, fy) = ((sx - x0) as f32, (sy - y0) as f32);
-            let (x0, y0) = (x0 as i64, y0 as i64);
-            let (p00, p10) = (pixel(x0, y0), pixel(x0 + 1, y0));
-            let (p01, p11) = (pixel(x0, y0 + 1), pixel(x0 + 1, y0 + 1));
-            let o = (oy * size + ox) * 3;
-            for c in 0..3 {
-                let top = p00[c] * (1.0 - fx) + p10[c] * fx;
-                let bottom = p01[c] * (1.0 - fx) + p11[c] * fx;
-                out[o + c] = top * (1.0 - fy) + bottom * fy;
-            }
-        }
-    }
-    out
 }
 
 /// The frame -> template transform for five face points.
@@ -186,7 +154,7 @@ impl Embedder {
     pub fn align(&self, frame: &Frame, points: &FivePoints) -> Result<Vec<f32>> {
         Ok(warp_rgb(
             frame,
-            &alignment(points)?.inverse(),
+            &alignment(points)?.inverse().matrix(),
             TEMPLATE_SIZE,
         ))
     }
@@ -240,25 +208,6 @@ mod tests {
     fn coincident_points_are_an_error_not_a_nan_warp() {
         let p = [[5.0, 5.0]; 5];
         assert!(Similarity::estimate(&p, &ARCFACE_TEMPLATE).is_err());
-    }
-
-    #[test]
-    fn warp_samples_bilinearly_and_pads_with_black() {
-        // A 2x1 frame: black then white. Half a pixel right of the first pixel is mid grey;
-        // outside the frame is black.
-        let frame = Frame::new(2, 1, vec![0, 0, 0, 200, 200, 200]);
-        let shift = Similarity {
-            a: 1.0,
-            b: 0.0,
-            tx: 0.5,
-            ty: 0.0,
-        };
-        let out = warp_rgb(&frame, &shift, 2);
-        assert_eq!(&out[0..3], &[100.0; 3]);
-        // (1.5, 0): half the white pixel, half outside.
-        assert_eq!(&out[3..6], &[100.0; 3]);
-        // Row 1 lies below the frame.
-        assert!(out[6..].iter().all(|&v| v == 0.0));
     }
 
     #[test]

@@ -10,7 +10,10 @@ use serde::Serialize;
 use crate::analysis::{
     Analyzer, EmotionScore, FaceAnalysis, TemporalModel, TemporalState, DEEPFAKE_KEY,
 };
-use crate::face::{square_region, Detection, DetectorRange, FaceDetector, PresenceCheck, Tracker};
+use crate::face::{
+    square_region, Detection, DetectorRange, EyeModel, FaceDetector, PresenceCheck, Tracker,
+    EYES_TASK,
+};
 use crate::frame::{crop_resize_into, Colour, Frame, Normalise};
 use crate::identity::{Embedder, Embedding};
 use crate::infer::{open_backend, Backend, BackendChoice, Model};
@@ -124,6 +127,9 @@ pub struct Engine {
     pub analyzer: Analyzer,
     /// The embedding model and its aligner, when `config.identity` asked for them.
     pub identity: Option<Embedder>,
+    /// The eye model (the challenge's blink cue), with the identity models where the manifest
+    /// has one.
+    pub eyes: Option<EyeModel>,
     /// The passive liveness check, when PAD models are configured.
     pub passive: Option<PassiveCheck>,
     pub config: EngineConfig,
@@ -223,6 +229,13 @@ impl Engine {
             true => Some(Embedder::load(&backend, &manifest)?),
             false => None,
         };
+        let eyes = match (config.identity, manifest.key_for_task(EYES_TASK)) {
+            (true, Some(key)) => Some(EyeModel::new(
+                backend.load(&manifest, &key)?,
+                manifest.model(&key)?,
+            )?),
+            _ => None,
+        };
         let passive = PassiveCheck::load(&backend, &manifest, &config.passive)?;
         let providers = backend.seen.take();
         Ok(Engine {
@@ -230,6 +243,7 @@ impl Engine {
             detector,
             analyzer,
             identity,
+            eyes,
             passive,
             config,
             verdict,
@@ -656,6 +670,8 @@ pub struct VerifySession {
     first_seconds: Option<f64>,
     /// Where the emotion model puts "happy" (the challenge's smile cue).
     happy_index: Option<usize>,
+    /// The challenge asks for a blink: run the eye model on the face.
+    wants_eyes: bool,
 }
 
 /// A session's answer with what it took: the JSON of `verify --json` and of the API's result.
@@ -749,6 +765,7 @@ impl Engine {
             models,
             first_seconds: None,
             happy_index: self.emotion_classes().iter().position(|c| c == "happy"),
+            wants_eyes: false,
         })
     }
 }
@@ -779,7 +796,23 @@ impl VerifySession {
                 .emotion
                 .as_ref()
                 .and_then(|e| e.probabilities.get(self.happy_index?).copied());
-            obs.cues = Some(crate::liveness::challenge::cues(&identity.landmarks, happy));
+            let eyes = match self.wants_eyes {
+                true => Some(
+                    engine
+                        .eyes
+                        .as_ref()
+                        .with_context(|| {
+                            format!("the blink prompt needs an eye model: the manifest has none with task {EYES_TASK:?}")
+                        })?
+                        .openness(&tf.frame, &identity.landmarks)?,
+                ),
+                false => None,
+            };
+            obs.cues = Some(crate::liveness::challenge::cues(
+                &identity.landmarks,
+                eyes,
+                happy,
+            ));
             let embedding = identity.embedding;
             obs.match_score = Some(self.reference.similarity(&embedding));
             obs.self_similarity = self.anchor.as_ref().map(|a| a.similarity(&embedding));
@@ -799,6 +832,9 @@ impl VerifySession {
 
     /// Add an active challenge: the decision waits for it.
     pub fn with_challenge(mut self, challenge: crate::liveness::challenge::Challenge) -> Self {
+        self.wants_eyes = challenge
+            .prompts()
+            .contains(&crate::liveness::challenge::Prompt::Blink);
         self.session = self.session.with_challenge(challenge);
         self
     }

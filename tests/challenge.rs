@@ -1,20 +1,25 @@
 //! The active challenge on real landmarks: a photo waved and tilted in front of the camera (the
 //! bundled portrait, warped frame by frame) never blinks, smiles on cue or turns its head, so
-//! every prompt times out; the mesh's yaw cue follows a real head turn, not a tilted print.
+//! every prompt times out; the mesh's yaw cue follows a real head turn, not a tilted print; the
+//! eye model's openness sees the blinks labelled by eye in real clips and nothing where the
+//! eyes stay open.
 
 mod common;
 
 use common::{repo, shared};
-use veriface::face::{FaceDetector, PresenceCheck};
+use veriface::face::{EyeModel, FaceDetector, PresenceCheck};
 use veriface::frame::Frame;
 use veriface::infer::{tract::TractBackend, Backend};
-use veriface::liveness::challenge::{cues, Challenge, ChallengeState, Cues, Prompt, TURN_DEG};
+use veriface::liveness::challenge::{
+    cues, Challenge, ChallengeState, Cues, EventDetector, Prompt, TURN_DEG,
+};
 use veriface::manifest::Manifest;
 use veriface::source::read_image;
 
 struct Mesh {
     detector: FaceDetector,
     mesh: PresenceCheck,
+    eyes: EyeModel,
 }
 
 fn mesh() -> Mesh {
@@ -39,6 +44,11 @@ fn mesh() -> Mesh {
             m.model("face_mesh").unwrap(),
         )
         .unwrap(),
+        eyes: EyeModel::new(
+            b.load(&m, "face_eyes").unwrap(),
+            m.model("face_eyes").unwrap(),
+        )
+        .unwrap(),
     }
 }
 
@@ -48,7 +58,8 @@ impl Mesh {
         let faces = self.detector.detect(frame).ok()?;
         let face = faces.first()?;
         let mesh = self.mesh.landmarks(frame, face).unwrap();
-        Some((cues(&mesh, None), mesh.points))
+        let eyes = self.eyes.openness(frame, &mesh).unwrap();
+        Some((cues(&mesh, Some(eyes), None), mesh.points))
     }
 }
 
@@ -115,13 +126,13 @@ fn a_waved_and_tilted_photo_fails_every_prompt() {
     );
     for c in &seen {
         yaws.push(c.yaw_deg);
-        ears.push(c.ear);
+        ears.push(c.eyes.unwrap());
     }
     let spread = |v: &[f32]| {
         v.iter().cloned().fold(f32::MIN, f32::max) - v.iter().cloned().fold(f32::MAX, f32::min)
     };
     eprintln!(
-        "photo: yaw {:.1}..{:.1} deg, EAR {:.3}..{:.3}",
+        "photo: yaw {:.1}..{:.1} deg, eye openness {:.3}..{:.3}",
         yaws.iter().cloned().fold(f32::MAX, f32::min),
         yaws.iter().cloned().fold(f32::MIN, f32::max),
         ears.iter().cloned().fold(f32::MAX, f32::min),
@@ -135,7 +146,7 @@ fn a_waved_and_tilted_photo_fails_every_prompt() {
         }
         assert!(
             matches!(state, ChallengeState::Failed { .. }),
-            "{prompt:?}: {state:?} (yaw spread {:.1}, EAR spread {:.3})",
+            "{prompt:?}: {state:?} (yaw spread {:.1}, openness spread {:.3})",
             spread(&yaws),
             spread(&ears)
         );
@@ -213,6 +224,113 @@ fn real_head_turns_pass_the_matching_prompt_and_fail_the_opposite() {
             "{clip:?}: {failed:?}"
         );
         check_planarity(label["clip"].as_str().unwrap(), &points);
+    }
+}
+
+/// (frame number, seconds, cues) of every frame from..=to of a ../shared clip where a face is
+/// found.
+fn clip_cues(m: &Mesh, clip: &str, from: u64, to: u64) -> Vec<(u64, f64, Cues)> {
+    let mut src = veriface::source::open(&shared().join(clip)).unwrap();
+    let mut out = Vec::new();
+    while let Some(tf) = src.next_frame().unwrap() {
+        if tf.index > to {
+            break;
+        }
+        if tf.index >= from {
+            if let Some((c, _)) = m.cues(&tf.frame) {
+                out.push((tf.index, tf.seconds, c));
+            }
+        }
+    }
+    out
+}
+
+/// Blinks labelled by eye in tests/data/challenge/blinks.json: the eye model's openness gives
+/// one blink event for each (on a frame of the blink or within 3 after, when the lids reopen)
+/// and none anywhere else; a blink prompt shown in an open stretch passes at the next blink.
+#[test]
+fn labelled_blinks_are_seen_and_open_eyes_give_none() {
+    let m = mesh();
+    let labels: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/data/challenge/blinks.json")).unwrap(),
+    )
+    .unwrap();
+    let range = |v: &serde_json::Value| (v[0].as_u64().unwrap(), v[1].as_u64().unwrap());
+    for label in labels["clips"].as_array().unwrap() {
+        let clip = label["clip"].as_str().unwrap();
+        let (from, to) = (
+            label["from"].as_u64().unwrap(),
+            label["to"].as_u64().unwrap(),
+        );
+        let frames = clip_cues(&m, clip, from, to);
+        assert_eq!(
+            frames.len() as u64,
+            to - from + 1,
+            "{clip}: a face in every frame"
+        );
+        let mut detector = EventDetector::default();
+        let events: Vec<u64> = frames
+            .iter()
+            .filter(|(_, _, c)| detector.observe(c).blink)
+            .map(|(n, _, _)| *n)
+            .collect();
+        let openness = |a: u64, b: u64| -> Vec<String> {
+            frames
+                .iter()
+                .filter(|(n, _, _)| (a..=b).contains(n))
+                .map(|(n, _, c)| format!("{n}:{:.2}", c.eyes.unwrap()))
+                .collect()
+        };
+        eprintln!("{clip}: blink events at {events:?}");
+        // An event fires when the lids reopen: on the blink's frames or the 3 after.
+        let windows: Vec<(u64, u64)> = label["blinks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| (range(b).0, range(b).1 + 3))
+            .collect();
+        for &(a, b) in &windows {
+            let seen = events.iter().filter(|e| (a..=b).contains(*e)).count();
+            assert!(
+                seen == 1,
+                "{clip}: the blink at {a}-{} gave {seen} events ({:?})",
+                b - 3,
+                openness(a.saturating_sub(3), b)
+            );
+        }
+        for e in &events {
+            assert!(
+                windows.iter().any(|&(a, b)| (a..=b).contains(e)),
+                "{clip}: a blink event at {e} where no blink is labelled ({:?})",
+                openness(e.saturating_sub(5), e + 1)
+            );
+        }
+        // The blink prompt shown at the start of each open stretch passes by the next blink.
+        for open in label["open"].as_array().unwrap() {
+            let (a, _) = range(open);
+            let Some(next) = label["blinks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(range)
+                .find(|&(s, _)| s > a)
+            else {
+                continue;
+            };
+            let mut c = Challenge::with_prompts(vec![Prompt::Blink], 5.0);
+            let mut state = c.state();
+            for (_, t, cue) in frames
+                .iter()
+                .filter(|(n, _, _)| (a..=next.1 + 3).contains(n))
+            {
+                state = c.observe(*t, cue);
+            }
+            assert_eq!(
+                state,
+                ChallengeState::Passed,
+                "{clip}: prompt at {a}, blink at {next:?}"
+            );
+        }
     }
 }
 

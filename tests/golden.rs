@@ -302,6 +302,95 @@ fn identity_alignment_and_embedding_match_the_tools() {
     );
 }
 
+/// The eye model (the blink cue): each eye's crop against models/tools/eyes.py (scipy's
+/// bilinear sampling), the contour against onnxruntime, the openness against the tools'; then
+/// the whole Rust chain (tract's FaceMesh points) on the astronaut. Tolerances are in eyes.json.
+#[test]
+fn eye_crops_model_and_openness_match_the_tools() {
+    let m = manifest();
+    let case: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden_dir().join("eyes.json")).unwrap())
+            .unwrap();
+    let tol = |k: &str| case["tolerance"][k].as_f64().unwrap() as f32;
+    let img = read_image(&repo().join(case["image"].as_str().unwrap())).unwrap();
+    let backend = TractBackend::new(1);
+    let eyes = face::EyeModel::new(
+        backend.load(&m, "face_eyes").unwrap(),
+        m.model("face_eyes").unwrap(),
+    )
+    .unwrap();
+    let corner_index = [[33, 133], [362, 263]];
+    let mut want_openness = Vec::new();
+    for (eye, want) in case["eyes"].as_array().unwrap().iter().enumerate() {
+        let mut points = vec![[0f32; 3]; face::MESH_POINTS];
+        let corners: Vec<[f32; 2]> = serde_json::from_value(want["corners"].clone()).unwrap();
+        for (&i, c) in corner_index[eye].iter().zip(&corners) {
+            points[i] = [c[0], c[1], 0.0];
+        }
+        let matrix = eyes.transform(&points, eye).unwrap();
+        let want_m: Vec<Vec<f64>> = serde_json::from_value(want["matrix"].clone()).unwrap();
+        for r in 0..2 {
+            for c in 0..3 {
+                assert!(
+                    (matrix[r][c] - want_m[r][c]).abs() <= 1e-5,
+                    "eye {eye}: matrix {matrix:?} vs {want_m:?}"
+                );
+            }
+        }
+        let input = eyes.input(&img, &matrix);
+        let (_, want_input) = read_npy(&golden_dir().join(want["input"].as_str().unwrap()));
+        let excess = max_excess(&input, &want_input, 0.0);
+        assert!(
+            excess <= tol("input_abs"),
+            "eye {eye}: crop differs by {excess}"
+        );
+        let contour = eyes.contour(want_input).unwrap();
+        let (_, want_contour) = read_npy(
+            &golden_dir().join(
+                want["outputs"]["output_eyes_contours_and_brows"]
+                    .as_str()
+                    .unwrap(),
+            ),
+        );
+        let excess = max_excess(&contour, &want_contour, 0.0);
+        assert!(
+            excess <= tol("model_abs"),
+            "eye {eye}: contour differs by {excess} px"
+        );
+        let openness = want["openness"].as_f64().unwrap() as f32;
+        let from_tools = face::openness_of(&want_contour).unwrap();
+        assert!(
+            (from_tools - openness).abs() <= tol("openness_abs"),
+            "eye {eye}: openness {from_tools} vs {openness}"
+        );
+        want_openness.push(openness);
+    }
+    // FaceMesh under tract places the corners within a tenth of a pixel of onnxruntime's.
+    let det = FaceDetector::new(
+        backend.load(&m, "face_short").unwrap(),
+        m.detector["face_short"].clone(),
+        m.model("face_short").unwrap(),
+    )
+    .unwrap()
+    .detect(&img)
+    .unwrap()
+    .remove(0);
+    let mesh = face::PresenceCheck::new(
+        backend.load(&m, "face_mesh").unwrap(),
+        m.model("face_mesh").unwrap(),
+    )
+    .unwrap();
+    let got = eyes
+        .openness(&img, &mesh.landmarks(&img, &det).unwrap())
+        .unwrap();
+    for (g, w) in got.iter().zip(&want_openness) {
+        assert!(
+            (g - w).abs() <= tol("openness_end_to_end_abs"),
+            "end to end openness {got:?} vs {want_openness:?}"
+        );
+    }
+}
+
 /// Passive PAD: the mirrored crop against models/tools/pad.py, and the models against
 /// onnxruntime's logits on it; every known file passes the PAD manifest's sha256 check. The
 /// 128 px models are read from ../shared (never committed); the 80 px ones are conversions that

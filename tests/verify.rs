@@ -73,6 +73,51 @@ fn a_clip_verifies_against_a_photo_of_the_same_person_taken_from_another_moment(
     assert!(text(&o).contains("frames      5 in"), "{}", text(&o));
 }
 
+/// The blink prompt end to end (eye model on tract's FaceMesh points, inside the session): the
+/// child in lp_d11 shuts her eyes at frames 147-156 (5.9-6.2 s; labelled by eye from
+/// `models/tools/eyes.py sheet`), the only closure of the clip. Given 8 s the prompt passes;
+/// given 2 s it fails for liveness.
+#[test]
+fn a_blink_prompt_passes_on_a_real_blink_and_times_out_without_one() {
+    let dir = scratch("blink");
+    let reference = faces().join("liveportrait_driving/lp_d11_f0128.jpg");
+    let clip = faces().join("liveportrait_driving_videos/lp_d11.mp4");
+    let run = |timeout: &str| {
+        let json = dir.join(format!("blink_{timeout}.json"));
+        let o = verify(&[
+            "--reference",
+            s(&reference),
+            "--source",
+            s(&clip),
+            "--challenge",
+            "1",
+            "--challenge-prompts",
+            "blink",
+            "--prompt-timeout",
+            timeout,
+            "--json",
+            s(&json),
+        ]);
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap_or_default())
+                .unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+        (o, v)
+    };
+    let (o, v) = run("8");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(v["liveness"]["challenge"]["prompts"][0], "blink", "{v}");
+    assert_eq!(v["liveness"]["challenge"]["accepted"], true, "{v}");
+    let watched = v["duration_s"].as_f64().unwrap_or(f64::NAN);
+    assert!(
+        (5.8..=6.8).contains(&watched),
+        "decided at {watched} s: {v}"
+    );
+    let (o, v) = run("2");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert_eq!(v["liveness"]["challenge"]["accepted"], false, "{v}");
+    assert_eq!(v["reasons"][0], "liveness", "{v}");
+}
+
 #[test]
 fn another_person_is_rejected_for_the_match() {
     let reference = faces().join("deepface_testset/deepface_img1.jpg");

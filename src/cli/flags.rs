@@ -226,7 +226,7 @@ pub(crate) struct VerifyArgs {
     /// Active challenge: this many random prompts (0: none) the person must follow in order
     #[arg(long, default_value_t = 0, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=3))]
     pub(crate) challenge: u64,
-    /// The prompts the challenge draws from [default: turn-left, turn-right, smile]
+    /// The prompts the challenge draws from [default: blink, turn-left, turn-right, smile]
     #[arg(long, value_enum, value_delimiter = ',', value_name = "PROMPT")]
     pub(crate) challenge_prompts: Vec<veriface::liveness::challenge::Prompt>,
     /// Seed of the challenge's draw [default: the clock]

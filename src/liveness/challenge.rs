@@ -2,15 +2,19 @@
 //! smile — each to be done within a time limit. A photo cannot blink or turn; a replayed video
 //! does its own movements, not the ones asked for at random moments.
 //!
-//! Cues per frame from FaceMesh: the eye aspect ratio (EAR: lid opening over eye width, the
-//! mean of both eyes), the head's yaw from the mesh's own depth (the line between the outer eye
-//! corners seen from above), and the emotion model's "happy" probability for a smile. Events are
-//! judged against the person's own baseline, so eye shape and a resting head angle do not count.
+//! Cues per frame: the eyes' openness from the eye model (lid gap over eye width, both eyes
+//! averaged; `face::EyeModel`), the head's yaw from FaceMesh's own depth (the line between the
+//! outer eye corners seen from above), and the emotion model's "happy" probability for a smile.
+//! Events are judged against the person's own baseline, so eye shape and a resting head angle do
+//! not count.
 //!
 //! Measured: the yaw cue spans -31..+33 degrees on FaceForensics++ clips where people turn, and
-//! stays within 11 degrees on a photo tilted by up to 45 %; the EAR of this FaceMesh (without the
-//! attention mesh's refined eyes) fell at most 15 % under its median over 10 clips x 10 s of
-//! people talking, so lid closure is barely tracked and blink is out of the default pool.
+//! stays within 11 degrees on a photo tilted by up to 45 %. FaceMesh's own lid points fell at
+//! most 15 % under their median over 10 clips x 10 s of people talking, so blinks come from the
+//! eye model: open 0.18-0.42 depending on the person, shut a quarter to a half of that, on the
+//! labelled blinks of `tests/data/challenge/blinks.json`.
+
+use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
@@ -29,9 +33,8 @@ pub enum Prompt {
 }
 
 impl Prompt {
-    /// The prompts drawn unless configured otherwise: blink is left out while this FaceMesh's
-    /// lid tracking is unproven on real blinks (module docs).
-    pub const DEFAULT_POOL: [Prompt; 3] = [Prompt::TurnLeft, Prompt::TurnRight, Prompt::Smile];
+    /// The prompts drawn unless configured otherwise.
+    pub const DEFAULT_POOL: [Prompt; 4] = Prompt::ALL;
     pub const ALL: [Prompt; 4] = [
         Prompt::Blink,
         Prompt::TurnLeft,
@@ -60,9 +63,6 @@ impl Prompt {
     }
 }
 
-// FaceMesh's six points per eye for the EAR (corner, two upper lid, corner, two lower lid).
-const EYE_IMAGE_LEFT: [usize; 6] = [33, 160, 158, 133, 153, 144];
-const EYE_IMAGE_RIGHT: [usize; 6] = [362, 385, 387, 263, 373, 380];
 // The outer eye corners, for the yaw.
 const OUTER_LEFT: usize = 33;
 const OUTER_RIGHT: usize = 263;
@@ -70,8 +70,8 @@ const OUTER_RIGHT: usize = 263;
 /// One frame's cues.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Cues {
-    /// Eye aspect ratio, both eyes averaged (about 0.25-0.35 open, under 0.15 closed).
-    pub ear: f32,
+    /// Eye openness, both eyes averaged, where the eye model ran (`face::openness_of`).
+    pub eyes: Option<f32>,
     /// Head yaw in degrees; positive when the person turns to their own left (their face's
     /// right side nearer the camera), for an unmirrored camera image.
     pub yaw_deg: f32,
@@ -79,32 +79,23 @@ pub struct Cues {
     pub happy: Option<f32>,
 }
 
-fn eye_aspect(p: &[[f32; 3]], idx: [usize; 6]) -> f32 {
-    let d = |a: usize, b: usize| (p[a][0] - p[b][0]).hypot(p[a][1] - p[b][1]);
-    let width = d(idx[0], idx[3]);
-    if width <= f32::EPSILON {
-        return 0.0;
-    }
-    (d(idx[1], idx[5]) + d(idx[2], idx[4])) / (2.0 * width)
-}
-
-/// The cues of one face from its FaceMesh landmarks.
-pub fn cues(landmarks: &FaceLandmarks, happy: Option<f32>) -> Cues {
+/// The cues of one face: the yaw from its FaceMesh landmarks, with the eye model's openness of
+/// both eyes and the emotion model's "happy" where they ran.
+pub fn cues(landmarks: &FaceLandmarks, eyes: Option<[f32; 2]>, happy: Option<f32>) -> Cues {
     let p = &landmarks.points;
-    if p.len() <= EYE_IMAGE_RIGHT[0] {
+    if p.len() <= OUTER_RIGHT {
         return Cues::default();
     }
-    let ear = (eye_aspect(p, EYE_IMAGE_LEFT) + eye_aspect(p, EYE_IMAGE_RIGHT)) / 2.0;
     let (l, r) = (p[OUTER_LEFT], p[OUTER_RIGHT]);
     let yaw_deg = (r[2] - l[2]).atan2(r[0] - l[0]).to_degrees();
     Cues {
-        ear,
+        eyes: eyes.map(|[a, b]| (a + b) / 2.0),
         yaw_deg,
         happy,
     }
 }
 
-/// A blink: the EAR under this share of the open-eye baseline...
+/// A blink: the openness under this share of the open-eye baseline...
 const BLINK_CLOSED_SHARE: f32 = 0.65;
 /// ...for at most this many frames (longer is eyes shut, not a blink), then open again.
 const BLINK_MAX_FRAMES: usize = 12;
@@ -114,6 +105,14 @@ pub const TURN_DEG: f32 = 18.0;
 const SMILE_HAPPY: f32 = 0.6;
 /// Frames that set the baselines before any event counts.
 const BASELINE_FRAMES: usize = 3;
+/// The open-eye baseline is the median of this many latest open readings.
+const OPEN_EYE_READINGS: usize = 15;
+
+fn median(values: &VecDeque<f32>) -> f32 {
+    let mut v: Vec<f32> = values.iter().copied().collect();
+    v.sort_by(f32::total_cmp);
+    v[v.len() / 2]
+}
 
 /// What a frame showed, against the person's baselines.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -129,8 +128,8 @@ pub struct Events {
 #[derive(Clone, Debug, Default)]
 pub struct EventDetector {
     frames: usize,
-    /// Open-eye EAR: a slow average of the frames that are not closing.
-    open_ear: f32,
+    /// The latest readings of eyes not closing; their median is the open-eye baseline.
+    open_eyes: VecDeque<f32>,
     rest_yaw: f32,
     closed_for: usize,
 }
@@ -138,20 +137,30 @@ pub struct EventDetector {
 impl EventDetector {
     pub fn observe(&mut self, c: &Cues) -> Events {
         self.frames += 1;
-        if self.frames <= BASELINE_FRAMES {
-            let n = self.frames as f32;
-            self.open_ear += (c.ear - self.open_ear) / n;
-            self.rest_yaw += (c.yaw_deg - self.rest_yaw) / n;
-            return Events::default();
-        }
-        let closed = c.ear < BLINK_CLOSED_SHARE * self.open_ear;
         let mut ev = Events::default();
-        if closed {
-            self.closed_for += 1;
-        } else {
-            ev.blink = (1..=BLINK_MAX_FRAMES).contains(&self.closed_for);
-            self.closed_for = 0;
-            self.open_ear += 0.1 * (c.ear - self.open_ear);
+        if let Some(eyes) = c.eyes {
+            if self.open_eyes.len() < BASELINE_FRAMES {
+                self.open_eyes.push_back(eyes);
+            } else if eyes < BLINK_CLOSED_SHARE * median(&self.open_eyes) {
+                self.closed_for += 1;
+                if self.closed_for > BLINK_MAX_FRAMES {
+                    // Shut too long for a blink, or the eyes settled lower (a glance down at
+                    // the screen): a new baseline from here, so the next blink is seen.
+                    self.open_eyes.clear();
+                    self.closed_for = 0;
+                }
+            } else {
+                ev.blink = (1..=BLINK_MAX_FRAMES).contains(&self.closed_for);
+                self.closed_for = 0;
+                if self.open_eyes.len() == OPEN_EYE_READINGS {
+                    self.open_eyes.pop_front();
+                }
+                self.open_eyes.push_back(eyes);
+            }
+        }
+        if self.frames <= BASELINE_FRAMES {
+            self.rest_yaw += (c.yaw_deg - self.rest_yaw) / self.frames as f32;
+            return ev;
         }
         let turn = c.yaw_deg - self.rest_yaw;
         ev.turned_left = turn >= TURN_DEG;
@@ -303,7 +312,7 @@ mod tests {
 
     fn open(yaw: f32) -> Cues {
         Cues {
-            ear: 0.3,
+            eyes: Some(0.3),
             yaw_deg: yaw,
             happy: Some(0.1),
         }
@@ -311,7 +320,7 @@ mod tests {
 
     fn shut(yaw: f32) -> Cues {
         Cues {
-            ear: 0.1,
+            eyes: Some(0.1),
             ..open(yaw)
         }
     }
@@ -405,5 +414,22 @@ mod tests {
             c.observe(2.0, &open(0.0)),
             ChallengeState::Prompting { .. }
         ));
+    }
+
+    #[test]
+    fn without_eye_readings_no_blink_is_seen() {
+        let mut d = EventDetector::default();
+        let unread = Cues {
+            eyes: None,
+            ..open(0.0)
+        };
+        let read = |d: &mut EventDetector, c: Cues| d.observe(&c).blink;
+        assert!((0..30).all(|_| !read(&mut d, unread)));
+        // The same detector sees one as soon as readings come.
+        for _ in 0..5 {
+            read(&mut d, open(0.0));
+        }
+        read(&mut d, shut(0.0));
+        assert!(read(&mut d, open(0.0)));
     }
 }

@@ -422,7 +422,7 @@ mod tests {
     fn a_challenge_holds_the_decision_until_done_and_a_failed_one_rejects() {
         use crate::liveness::challenge::{Challenge, Prompt};
         let still = Cues {
-            ear: 0.3,
+            eyes: Some(0.3),
             yaw_deg: 0.0,
             happy: Some(0.0),
         };
