@@ -319,6 +319,7 @@ fn eye_crops_model_and_openness_match_the_tools() {
         m.model("face_eyes").unwrap(),
     )
     .unwrap();
+    let iris = backend.load(&m, "face_eyes").unwrap();
     let corner_index = [[33, 133], [362, 263]];
     let mut want_openness = Vec::new();
     for (eye, want) in case["eyes"].as_array().unwrap().iter().enumerate() {
@@ -356,6 +357,16 @@ fn eye_crops_model_and_openness_match_the_tools() {
         assert!(
             excess <= tol("model_abs"),
             "eye {eye}: contour differs by {excess} px"
+        );
+        // The iris points too (unused by the blink cue; they check the whole model).
+        let (shape, input) = read_npy(&golden_dir().join(want["input"].as_str().unwrap()));
+        let out = iris.run(&[Tensor::new(shape, input)]).unwrap();
+        let (_, want_iris) =
+            read_npy(&golden_dir().join(want["outputs"]["output_iris"].as_str().unwrap()));
+        let excess = max_excess(&out[1].data, &want_iris, 0.0);
+        assert!(
+            excess <= tol("model_abs"),
+            "eye {eye}: iris differs by {excess} px"
         );
         let openness = want["openness"].as_f64().unwrap() as f32;
         let from_tools = face::openness_of(&want_contour).unwrap();
