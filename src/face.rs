@@ -216,13 +216,9 @@ pub struct PresenceCheck {
 
 impl PresenceCheck {
     pub fn new(model: Box<dyn Model>, model_spec: &ModelSpec) -> Result<Self> {
-        let (h, w) = model_spec.image_size()?;
-        if h != w {
-            bail!("{}: landmark input {w}x{h} is not square", model_spec.file);
-        }
         Ok(PresenceCheck {
             model,
-            size: h,
+            size: square_input(model_spec, "landmark")?,
             crop_scale: model_spec.crop_scale.unwrap_or(1.5) as f64,
             norm: model_spec.normalise(),
         })
@@ -271,6 +267,15 @@ impl PresenceCheck {
             points,
         })
     }
+}
+
+/// The side of a model's square image input.
+fn square_input(model_spec: &ModelSpec, what: &str) -> Result<usize> {
+    let (h, w) = model_spec.image_size()?;
+    if h != w {
+        bail!("{}: {what} input {w}x{h} is not square", model_spec.file);
+    }
+    Ok(h)
 }
 
 /// FaceMesh's landmark count.

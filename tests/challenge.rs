@@ -161,34 +161,22 @@ fn a_waved_and_tilted_photo_fails_every_prompt() {
 #[test]
 fn real_head_turns_pass_the_matching_prompt_and_fail_the_opposite() {
     let m = mesh();
-    let labels: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("tests/data/challenge/turns.json")).unwrap(),
-    )
-    .unwrap();
+    let labels = labels("turns");
     for label in labels["turns"].as_array().unwrap() {
-        let clip = shared().join(label["clip"].as_str().unwrap());
+        let clip = label["clip"].as_str().unwrap();
         let (from, to) = (
             label["from"].as_u64().unwrap(),
             label["to"].as_u64().unwrap(),
         );
         let left = label["turn"] == "left";
-        let mut src = veriface::source::open(&clip).unwrap();
-        let mut frames = Vec::new();
-        let mut points = Vec::new();
-        while let Some(tf) = src.next_frame().unwrap() {
-            if tf.index > to {
-                break;
-            }
-            if tf.index >= from {
-                if let Some((c, p)) = m.cues(&tf.frame) {
-                    frames.push((tf.seconds, c));
-                    // Every third frame: motion between them, as a camera at 10 fps sees it.
-                    if tf.index % 3 == 0 {
-                        points.push(p);
-                    }
-                }
-            }
-        }
+        let seen = clip_cues(&m, clip, from, to);
+        let frames: Vec<(f64, Cues)> = seen.iter().map(|(_, t, c, _)| (*t, *c)).collect();
+        // Every third frame: motion between them, as a camera at 10 fps sees it.
+        let points: Vec<Vec<[f32; 3]>> = seen
+            .into_iter()
+            .filter(|(n, ..)| n % 3 == 0)
+            .map(|(.., p)| p)
+            .collect();
         let wanted = (to - from) as usize;
         assert!(
             frames.len() * 10 >= wanted * 9,
@@ -227,9 +215,17 @@ fn real_head_turns_pass_the_matching_prompt_and_fail_the_opposite() {
     }
 }
 
-/// (frame number, seconds, cues) of every frame from..=to of a ../shared clip where a face is
-/// found.
-fn clip_cues(m: &Mesh, clip: &str, from: u64, to: u64) -> Vec<(u64, f64, Cues)> {
+/// tests/data/challenge/NAME.json.
+fn labels(name: &str) -> serde_json::Value {
+    let path = repo().join(format!("tests/data/challenge/{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// (frame number, seconds, cues, mesh points) of every frame from..=to of a ../shared clip
+/// where a face is found.
+type Seen = (u64, f64, Cues, Vec<[f32; 3]>);
+
+fn clip_cues(m: &Mesh, clip: &str, from: u64, to: u64) -> Vec<Seen> {
     let mut src = veriface::source::open(&shared().join(clip)).unwrap();
     let mut out = Vec::new();
     while let Some(tf) = src.next_frame().unwrap() {
@@ -237,8 +233,8 @@ fn clip_cues(m: &Mesh, clip: &str, from: u64, to: u64) -> Vec<(u64, f64, Cues)> 
             break;
         }
         if tf.index >= from {
-            if let Some((c, _)) = m.cues(&tf.frame) {
-                out.push((tf.index, tf.seconds, c));
+            if let Some((c, p)) = m.cues(&tf.frame) {
+                out.push((tf.index, tf.seconds, c, p));
             }
         }
     }
@@ -251,10 +247,7 @@ fn clip_cues(m: &Mesh, clip: &str, from: u64, to: u64) -> Vec<(u64, f64, Cues)> 
 #[test]
 fn labelled_blinks_are_seen_and_open_eyes_give_none() {
     let m = mesh();
-    let labels: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("tests/data/challenge/blinks.json")).unwrap(),
-    )
-    .unwrap();
+    let labels = labels("blinks");
     let range = |v: &serde_json::Value| (v[0].as_u64().unwrap(), v[1].as_u64().unwrap());
     for label in labels["clips"].as_array().unwrap() {
         let clip = label["clip"].as_str().unwrap();
@@ -271,14 +264,14 @@ fn labelled_blinks_are_seen_and_open_eyes_give_none() {
         let mut detector = EventDetector::default();
         let events: Vec<u64> = frames
             .iter()
-            .filter(|(_, _, c)| detector.observe(c).blink)
-            .map(|(n, _, _)| *n)
+            .filter(|(_, _, c, _)| detector.observe(c).blink)
+            .map(|(n, ..)| *n)
             .collect();
         let openness = |a: u64, b: u64| -> Vec<String> {
             frames
                 .iter()
-                .filter(|(n, _, _)| (a..=b).contains(n))
-                .map(|(n, _, c)| format!("{n}:{:.2}", c.eyes.unwrap()))
+                .filter(|(n, ..)| (a..=b).contains(n))
+                .map(|(n, _, c, _)| format!("{n}:{:.2}", c.eyes.unwrap()))
                 .collect()
         };
         eprintln!("{clip}: blink events at {events:?}");
@@ -319,10 +312,7 @@ fn labelled_blinks_are_seen_and_open_eyes_give_none() {
             };
             let mut c = Challenge::with_prompts(vec![Prompt::Blink], 5.0);
             let mut state = c.state();
-            for (_, t, cue) in frames
-                .iter()
-                .filter(|(n, _, _)| (a..=next.1 + 3).contains(n))
-            {
+            for (_, t, cue, _) in frames.iter().filter(|(n, ..)| (a..=next.1 + 3).contains(n)) {
                 state = c.observe(*t, cue);
             }
             assert_eq!(

@@ -8,7 +8,7 @@
 
 use anyhow::{bail, Result};
 
-use super::{warp_rgb, FaceLandmarks, MESH_POINTS};
+use super::{square_input, warp_rgb, FaceLandmarks, MESH_POINTS};
 use crate::frame::{Frame, Normalise};
 use crate::infer::{Model, Tensor};
 use crate::manifest::ModelSpec;
@@ -36,13 +36,9 @@ pub struct EyeModel {
 
 impl EyeModel {
     pub fn new(model: Box<dyn Model>, model_spec: &ModelSpec) -> Result<Self> {
-        let (h, w) = model_spec.image_size()?;
-        if h != w {
-            bail!("{}: eye input {w}x{h} is not square", model_spec.file);
-        }
         Ok(EyeModel {
             model,
-            size: h,
+            size: square_input(model_spec, "eye")?,
             roi_scale: model_spec.crop_scale.unwrap_or(2.3) as f64,
             norm: model_spec.normalise(),
         })
