@@ -3,6 +3,7 @@
 pub mod accel;
 #[cfg(feature = "tensorrt")]
 pub mod ort;
+mod prelu;
 pub mod tract;
 
 use anyhow::{bail, Result};

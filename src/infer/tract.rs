@@ -58,10 +58,9 @@ fn optimized_plan(
     let file = path.display().to_string();
     let fail = |e: anyhow::Error| anyhow!("{file}: cannot load ONNX model: {}", root_cause(&e));
     // Shapes come from the manifest; value_info pinning symbolic dims trips tract's analysis.
-    let mut model = tract_onnx::onnx()
-        .with_ignore_value_info(true)
-        .model_for_read(&mut bytes.as_slice())
-        .map_err(fail)?;
+    let mut onnx = tract_onnx::onnx().with_ignore_value_info(true);
+    onnx.op_register.insert("PRelu", super::prelu::builder);
+    let mut model = onnx.model_for_read(&mut bytes.as_slice()).map_err(fail)?;
     let inputs = std::iter::once(&spec.input).chain(spec.extra_inputs.iter());
     for (i, input) in inputs.enumerate() {
         if input.dtype != "f32" {
