@@ -39,6 +39,19 @@ pub struct Normalise {
     pub std: f32,
 }
 
+/// Interleaved RGB (3 values per pixel, 0-255) to the planar, normalised values of an NCHW
+/// model input.
+pub fn planar_rgb(rgb: &[f32], norm: Normalise) -> Vec<f32> {
+    let plane = rgb.len() / 3;
+    let mut data = vec![0f32; rgb.len()];
+    for (i, px) in rgb.chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            data[c * plane + i] = (px[c] - norm.mean) / norm.std;
+        }
+    }
+    data
+}
+
 /// Which channels a model wants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Colour {

@@ -9,7 +9,7 @@
 use anyhow::{bail, Context, Result};
 
 use crate::face::{warp_rgb, Detection, FaceLandmarks, PresenceCheck, Similarity};
-use crate::frame::{Frame, Normalise};
+use crate::frame::{planar_rgb, Frame, Normalise};
 use crate::infer::{Backend, Model, Tensor};
 use crate::manifest::Manifest;
 
@@ -161,14 +161,10 @@ impl Embedder {
 
     /// The model input for an aligned face: planar RGB, normalised as the manifest says.
     pub fn input(&self, aligned: &[f32]) -> Tensor {
-        let plane = TEMPLATE_SIZE * TEMPLATE_SIZE;
-        let mut data = vec![0f32; 3 * plane];
-        for (i, px) in aligned.chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                data[c * plane + i] = (px[c] - self.norm.mean) / self.norm.std;
-            }
-        }
-        Tensor::new(vec![1, 3, TEMPLATE_SIZE, TEMPLATE_SIZE], data)
+        Tensor::new(
+            vec![1, 3, TEMPLATE_SIZE, TEMPLATE_SIZE],
+            planar_rgb(aligned, self.norm),
+        )
     }
 
     pub fn embed_aligned(&self, aligned: &[f32]) -> Result<Embedding> {

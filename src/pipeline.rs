@@ -670,8 +670,6 @@ pub struct VerifySession {
     first_seconds: Option<f64>,
     /// Where the emotion model puts "happy" (the challenge's smile cue).
     happy_index: Option<usize>,
-    /// The challenge asks for a blink: run the eye model on the face.
-    wants_eyes: bool,
 }
 
 /// A session's answer with what it took: the JSON of `verify --json` and of the API's result.
@@ -765,7 +763,6 @@ impl Engine {
             models,
             first_seconds: None,
             happy_index: self.emotion_classes().iter().position(|c| c == "happy"),
-            wants_eyes: false,
         })
     }
 }
@@ -796,7 +793,12 @@ impl VerifySession {
                 .emotion
                 .as_ref()
                 .and_then(|e| e.probabilities.get(self.happy_index?).copied());
-            let eyes = match self.wants_eyes {
+            // The eye model runs while a blink is still to come (its baseline needs the frames
+            // before the blink prompt), not after.
+            let wants_eyes = self
+                .session
+                .challenge_still_asks(crate::liveness::challenge::Prompt::Blink);
+            let eyes = match wants_eyes {
                 true => Some(
                     engine
                         .eyes
@@ -832,9 +834,6 @@ impl VerifySession {
 
     /// Add an active challenge: the decision waits for it.
     pub fn with_challenge(mut self, challenge: crate::liveness::challenge::Challenge) -> Self {
-        self.wants_eyes = challenge
-            .prompts()
-            .contains(&crate::liveness::challenge::Prompt::Blink);
         self.session = self.session.with_challenge(challenge);
         self
     }

@@ -9,7 +9,7 @@
 use anyhow::{bail, Result};
 
 use super::{square_input, warp_rgb, FaceLandmarks, MESH_POINTS};
-use crate::frame::{Frame, Normalise};
+use crate::frame::{planar_rgb, Frame, Normalise};
 use crate::infer::{Model, Tensor};
 use crate::manifest::ModelSpec;
 
@@ -85,14 +85,7 @@ impl EyeModel {
             &[at_index(to_frame[0]), at_index(to_frame[1])],
             self.size,
         );
-        let plane = self.size * self.size;
-        let mut data = vec![0f32; 3 * plane];
-        for (i, px) in rgb.chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                data[c * plane + i] = (px[c] - self.norm.mean) / self.norm.std;
-            }
-        }
-        data
+        planar_rgb(&rgb, self.norm)
     }
 
     /// The eye contour (71 x, y, z in crop pixels) for one eye's input.

@@ -80,14 +80,13 @@ impl Expansion for Prelu {
         };
         let values = known.to_plain_array_view::<f32>()?;
         let all = |f: fn(f32) -> bool| values.iter().all(|&v| f(v));
-        if all(|v| v <= 1.0) || all(|v| v >= 1.0) {
-            let at_most_one = all(|v| v <= 1.0);
+        let pick = match (all(|v| v <= 1.0), all(|v| v >= 1.0)) {
+            (true, _) => Some(math::max()),
+            (_, true) => Some(math::min()),
+            _ => None,
+        };
+        if let Some(pick) = pick {
             let sx = bin(model, "mul", math::mul(), x, slope)?[0];
-            let pick = if at_most_one {
-                math::max()
-            } else {
-                math::min()
-            };
             return bin(model, "pick", pick, x, sx);
         }
         // Slopes on both sides of 1: x + (s - 1)·min(x, 0).

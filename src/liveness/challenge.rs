@@ -249,6 +249,12 @@ impl Challenge {
         &self.prompts
     }
 
+    /// Whether `prompt` is still to be done (the current prompt or a later one) in a challenge
+    /// that has not failed.
+    pub fn still_asks(&self, prompt: Prompt) -> bool {
+        self.failed.is_none() && self.prompts[self.current..].contains(&prompt)
+    }
+
     pub fn state(&self) -> ChallengeState {
         if let Some(reason) = &self.failed {
             return ChallengeState::Failed {
@@ -346,12 +352,14 @@ mod tests {
             t += 1.0 / 15.0;
             c.observe(t, &cues)
         };
+        assert!(c.still_asks(Prompt::Blink) && c.still_asks(Prompt::Smile));
         for _ in 0..5 {
             feed(&mut c, open(2.0));
         }
         feed(&mut c, shut(2.0));
         feed(&mut c, shut(2.0));
         let s = feed(&mut c, open(2.0));
+        assert!(!c.still_asks(Prompt::Blink) && c.still_asks(Prompt::Smile));
         assert_eq!(
             s,
             ChallengeState::Prompting {

@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::liveness::camera::CameraCheck;
-use crate::liveness::challenge::{Challenge, ChallengeResult, ChallengeState, Cues};
+use crate::liveness::challenge::{Challenge, ChallengeResult, ChallengeState, Cues, Prompt};
 
 /// What the session needs to decide.
 #[derive(Clone, Debug, PartialEq)]
@@ -172,6 +172,13 @@ impl Session {
     /// Prompts of the challenge (0 without one).
     pub fn challenge_len(&self) -> usize {
         self.challenge.as_ref().map_or(0, |c| c.prompts().len())
+    }
+
+    /// Whether the challenge still asks for `prompt` (false without a challenge).
+    pub fn challenge_still_asks(&self, prompt: Prompt) -> bool {
+        self.challenge
+            .as_ref()
+            .is_some_and(|c| c.still_asks(prompt))
     }
 
     /// The challenge's current state, when there is one.
