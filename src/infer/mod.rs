@@ -1,6 +1,7 @@
 //! Inference backends. The pipeline talks to [`Model`]; each backend turns a manifest entry into one.
 
 pub mod accel;
+mod depthwise;
 #[cfg(feature = "tensorrt")]
 pub mod ort;
 mod prelu;

@@ -77,6 +77,7 @@ fn optimized_plan(
     let mut model = model.into_typed().map_err(fail)?;
     if spec.tract_channels_last {
         model = model.into_decluttered().map_err(fail)?;
+        super::depthwise::replace(&mut model).map_err(fail)?;
         channels_last(&mut model).map_err(fail)?;
     }
     let plan = model

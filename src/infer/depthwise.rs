@@ -1,0 +1,624 @@
+//! Channel-last depthwise convolution for tract, with its bias and a following clamp (ReLU6)
+//! fused. tract 0.23 has a vectorised channel-inner depthwise kernel on aarch64 only; on x86 its
+//! NHWC depthwise runs a generic loop, half of the frame model's time
+//! (`bench --model deepfake --profile`: 11.0 of 21.8 ms), and its stride-2 NCHW path is scalar.
+//! This op keeps one block of channels in registers across every tap of an output point, and is
+//! compiled three times on x86 (AVX-512, AVX2+FMA, baseline) to pick the widest at load.
+//!
+//! It replaces tract's `Conv` where the convolution is depthwise (one group per channel), f32,
+//! 2-D, with constant weights and a concrete input shape, before `conv_nhwc` turns the rest of
+//! the model channel-last. Anything else stays tract's.
+
+use std::sync::Arc;
+
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::cnn::Conv;
+use tract_onnx::tract_core::ops::math;
+
+/// Replace every eligible depthwise `Conv` of a decluttered model (and the clamp that follows
+/// it, when it is the conv's only consumer); returns how many were replaced.
+pub(super) fn replace(model: &mut TypedModel) -> TractResult<usize> {
+    let mut replaced = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(conv) = node.op_as::<Conv>() else {
+            continue;
+        };
+        let Some(op) = DepthwiseNhwc::from_conv(model, node, conv)? else {
+            continue;
+        };
+        let channels_first = !conv.pool_spec.data_format.c_is_last();
+        let x_shape = model.outlet_fact(node.inputs[0])?.shape.to_tvec();
+        let x_shape = conv.pool_spec.data_format.shape(x_shape)?;
+        let (c_axis, last_axis) = (x_shape.c_axis(), x_shape.hw_axes().end);
+        let (op, last) = absorb_clamps(model, id, op)?;
+        let mut patch = TypedModelPatch::new("veriface-depthwise");
+        let mut wire = patch.tap_model(model, node.inputs[0])?;
+        // A channel-first model gets a transpose on each side; `conv_nhwc` and decluttering
+        // then cancel them against their neighbours'.
+        if channels_first {
+            let name = format!("{}.nhwc_in", node.name);
+            wire = patch.wire_node(name, AxisOp::Move(c_axis, last_axis - 1), &[wire])?[0];
+        }
+        wire = patch.wire_node(&node.name, op, &[wire])?[0];
+        if channels_first {
+            let name = format!("{}.nhwc_out", node.name);
+            wire = patch.wire_node(name, AxisOp::Move(last_axis - 1, c_axis), &[wire])?[0];
+        }
+        patch.shunt_outside(model, OutletId::new(last, 0), wire)?;
+        patch.apply(model)?;
+        replaced += 1;
+    }
+    if replaced > 0 {
+        model.compact()?;
+    }
+    Ok(replaced)
+}
+
+/// Follow the conv's output through single-consumer `max(x, a)` / `min(x, b)` nodes against a
+/// scalar constant, folding them into the op's clamp. Returns the op and the last node it covers.
+fn absorb_clamps(
+    model: &TypedModel,
+    conv: usize,
+    mut op: DepthwiseNhwc,
+) -> TractResult<(DepthwiseNhwc, usize)> {
+    let mut last = conv;
+    loop {
+        let outlet = OutletId::new(last, 0);
+        if model.outputs.contains(&outlet) {
+            break;
+        }
+        let succ = &model.node(last).outputs[0].successors;
+        if succ.len() != 1 {
+            break;
+        }
+        let next = model.node(succ[0].node);
+        let Some(bin) = next.op_as::<TypedBinOp>() else {
+            break;
+        };
+        let other = next.inputs.iter().find(|i| **i != outlet);
+        let Some(bound) = other.and_then(|o| scalar_const(model, *o)) else {
+            break;
+        };
+        if next.inputs.len() != 2
+            || model.outlet_fact(OutletId::new(next.id, 0))?.shape
+                != model.outlet_fact(outlet)?.shape
+        {
+            break;
+        }
+        if bin.0.is::<math::Max>() {
+            op.clamp.0 = op.clamp.0.max(bound);
+        } else if bin.0.is::<math::Min>() {
+            op.clamp.1 = op.clamp.1.min(bound);
+        } else {
+            break;
+        }
+        last = next.id;
+    }
+    Ok((op, last))
+}
+
+/// The value of a constant that holds one f32 (of any rank), if `outlet` is one.
+fn scalar_const(model: &TypedModel, outlet: OutletId) -> Option<f32> {
+    let fact = model.outlet_fact(outlet).ok()?;
+    let konst = fact.konst.as_ref()?;
+    if konst.len() != 1 || konst.datum_type() != f32::datum_type() {
+        return None;
+    }
+    konst
+        .try_as_plain_ram()
+        .ok()?
+        .as_slice::<f32>()
+        .ok()
+        .map(|s| s[0])
+}
+
+/// Which compiled copy of the kernel runs: the widest this CPU has, chosen at load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Isa {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2Fma,
+    Baseline,
+}
+
+impl Isa {
+    fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+                return Isa::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Isa::Avx2Fma;
+            }
+        }
+        Isa::Baseline
+    }
+}
+
+/// The geometry of one depthwise convolution over an `[N,] H, W, C` f32 input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Geometry {
+    batch: usize,
+    channels: usize,
+    input_hw: [usize; 2],
+    output_hw: [usize; 2],
+    kernel_hw: [usize; 2],
+    strides: [usize; 2],
+    dilations: [usize; 2],
+    pad_before: [usize; 2],
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct DepthwiseNhwc {
+    geometry: Geometry,
+    /// `[KH * KW, C]`: one channel vector per tap.
+    weights: Arc<Vec<f32>>,
+    bias: Arc<Vec<f32>>,
+    /// Applied to every output: `min(max(y, lo), hi)`; (-inf, inf) when nothing was fused.
+    clamp: (f32, f32),
+    output_shape: TVec<usize>,
+    isa: Isa,
+}
+
+impl PartialEq for DepthwiseNhwc {
+    fn eq(&self, other: &Self) -> bool {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        self.geometry == other.geometry
+            && bits(&self.weights) == bits(&other.weights)
+            && bits(&self.bias) == bits(&other.bias)
+            && self.clamp.0.to_bits() == other.clamp.0.to_bits()
+            && self.clamp.1.to_bits() == other.clamp.1.to_bits()
+            && self.isa == other.isa
+    }
+}
+
+// Weights compare by bit pattern above, so equality is reflexive.
+impl Eq for DepthwiseNhwc {}
+
+impl DepthwiseNhwc {
+    /// This op for `conv`, or `None` where the convolution is not one it runs.
+    fn from_conv(model: &TypedModel, node: &TypedNode, conv: &Conv) -> TractResult<Option<Self>> {
+        let spec = &conv.pool_spec;
+        let group = conv.group;
+        if conv.q_params.is_some()
+            || node.inputs.len() != 3
+            || spec.kernel_shape.len() != 2
+            || group < 2
+            || group != spec.input_channels
+            || group != spec.output_channels
+        {
+            return Ok(None);
+        }
+        let x = model.outlet_fact(node.inputs[0])?;
+        let (Some(kernel), Some(bias)) = (
+            model.outlet_fact(node.inputs[1])?.konst.clone(),
+            model.outlet_fact(node.inputs[2])?.konst.clone(),
+        ) else {
+            return Ok(None);
+        };
+        let Some(shape) = x.shape.as_concrete() else {
+            return Ok(None);
+        };
+        if x.datum_type != f32::datum_type() || kernel.datum_type() != f32::datum_type() {
+            return Ok(None);
+        }
+        let data = spec.data_format.shape(shape.to_vec())?;
+        let hw = data.hw_dims();
+        let padding = spec.computed_padding(hw);
+        let channels = *data.c();
+        let geometry = Geometry {
+            batch: data.n().copied().unwrap_or(1),
+            channels,
+            input_hw: [hw[0], hw[1]],
+            output_hw: [padding[0].convoluted, padding[1].convoluted],
+            kernel_hw: [spec.kernel_shape[0], spec.kernel_shape[1]],
+            strides: [spec.stride(0), spec.stride(1)],
+            dilations: [spec.dilation(0), spec.dilation(1)],
+            pad_before: [padding[0].pad_before, padding[1].pad_before],
+        };
+        // [C, 1, 1, KH*KW] whatever the kernel format, then tap-major.
+        let per_channel = conv.kernel_fmt.kernel_as_group_o_i_hw(&kernel, group)?;
+        let per_channel = per_channel.try_as_plain_ram()?.as_slice::<f32>()?;
+        let taps = geometry.kernel_hw[0] * geometry.kernel_hw[1];
+        if per_channel.len() != taps * channels {
+            return Ok(None);
+        }
+        let mut weights = vec![0f32; taps * channels];
+        for c in 0..channels {
+            for t in 0..taps {
+                weights[t * channels + c] = per_channel[c * taps + t];
+            }
+        }
+        let bias = bias.cast_to::<f32>()?;
+        let bias = match bias.try_as_plain_ram()?.as_slice::<f32>()? {
+            [b] => vec![*b; channels],
+            b if b.len() == channels => b.to_vec(),
+            _ => return Ok(None),
+        };
+        let output_shape = match data.n() {
+            Some(&n) => tvec![n, geometry.output_hw[0], geometry.output_hw[1], channels],
+            None => tvec![geometry.output_hw[0], geometry.output_hw[1], channels],
+        };
+        Ok(Some(DepthwiseNhwc {
+            geometry,
+            weights: Arc::new(weights),
+            bias: Arc::new(bias),
+            clamp: (f32::NEG_INFINITY, f32::INFINITY),
+            output_shape,
+            isa: Isa::detect(),
+        }))
+    }
+}
+
+impl Op for DepthwiseNhwc {
+    fn name(&self) -> StaticName {
+        "VerifaceDepthwiseNhwc".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        let g = &self.geometry;
+        Ok(vec![format!(
+            "{}x{} stride {:?}, {} channels, clamp {:?}, {:?}",
+            g.kernel_hw[0], g.kernel_hw[1], g.strides, g.channels, self.clamp, self.isa
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for DepthwiseNhwc {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = args_1!(inputs);
+        let x = input.try_as_plain_ram()?.as_slice::<f32>()?;
+        let g = &self.geometry;
+        ensure!(
+            x.len() == g.batch * g.input_hw[0] * g.input_hw[1] * g.channels,
+            "depthwise input has {} values, expected {:?}",
+            x.len(),
+            g
+        );
+        let mut output = Tensor::zero::<f32>(&self.output_shape)?;
+        {
+            let mut view = output.try_as_plain_ram_mut()?;
+            let out = view.as_slice_mut::<f32>()?;
+            let row = g.output_hw[1] * g.channels;
+            // Output rows are independent: tract's pool splits them when the engine has threads.
+            tract_linalg::multithread::par_chunks_mut(out, row, x.len(), |first_row, rows| {
+                let args = Args {
+                    g,
+                    x,
+                    w: &self.weights,
+                    b: &self.bias,
+                    clamp: self.clamp,
+                    first_row,
+                };
+                run(self.isa, &args, rows);
+                Ok(())
+            })?;
+        }
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for DepthwiseNhwc {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs[0].datum_type == f32::datum_type());
+        Ok(tvec!(f32::fact(&self.output_shape)))
+    }
+
+    fn cost(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let g = &self.geometry;
+        let macs = g.batch
+            * g.output_hw[0]
+            * g.output_hw[1]
+            * g.channels
+            * g.kernel_hw[0]
+            * g.kernel_hw[1];
+        Ok(tvec!((Cost::FMA(f32::datum_type()), macs.into())))
+    }
+
+    as_op!();
+}
+
+struct Args<'a> {
+    g: &'a Geometry,
+    x: &'a [f32],
+    w: &'a [f32],
+    b: &'a [f32],
+    clamp: (f32, f32),
+    /// Index (over batch × output rows) of the first row of the output slice handed over.
+    first_row: usize,
+}
+
+fn run(isa: Isa, args: &Args, out: &mut [f32]) {
+    match isa {
+        // SAFETY: `Isa::detect` chose these only where the CPU reports the features.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { run_avx512(args, out) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => unsafe { run_avx2(args, out) },
+        // aarch64 always has fused multiply-add (NEON fmla).
+        Isa::Baseline => rows::<{ cfg!(target_arch = "aarch64") }>(args, out),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn run_avx512(args: &Args, out: &mut [f32]) {
+    rows::<true>(args, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_avx2(args: &Args, out: &mut [f32]) {
+    rows::<true>(args, out)
+}
+
+/// The taps of one axis that land inside the input for output position `o`: (first, end, and
+/// the input position of tap 0, possibly negative).
+#[inline(always)]
+fn tap_range(
+    o: usize,
+    stride: usize,
+    dilation: usize,
+    pad: usize,
+    size: usize,
+    taps: usize,
+) -> (usize, usize, isize) {
+    let origin = (o * stride) as isize - pad as isize;
+    let d = dilation as isize;
+    let mut first = 0;
+    while first < taps && origin + first as isize * d < 0 {
+        first += 1;
+    }
+    let mut end = taps;
+    while end > first && origin + (end as isize - 1) * d >= size as isize {
+        end -= 1;
+    }
+    (first, end, origin)
+}
+
+#[inline(always)]
+fn rows<const FMA: bool>(a: &Args, out: &mut [f32]) {
+    let g = a.g;
+    let [ih, iw] = g.input_hw;
+    let [oh, ow] = g.output_hw;
+    let [kh, kw] = g.kernel_hw;
+    let c = g.channels;
+    let row_len = ow * c;
+    for (r, row) in out.chunks_exact_mut(row_len).enumerate() {
+        let (n, oy) = ((a.first_row + r) / oh, (a.first_row + r) % oh);
+        let image = &a.x[n * ih * iw * c..][..ih * iw * c];
+        let (ky0, ky1, iy0) = tap_range(oy, g.strides[0], g.dilations[0], g.pad_before[0], ih, kh);
+        for ox in 0..ow {
+            let (kx0, kx1, ix0) =
+                tap_range(ox, g.strides[1], g.dilations[1], g.pad_before[1], iw, kw);
+            let point = Point {
+                image,
+                iw,
+                c,
+                kw,
+                ky: (ky0, ky1, iy0, g.dilations[0]),
+                kx: (kx0, kx1, ix0, g.dilations[1]),
+            };
+            let o = &mut row[ox * c..][..c];
+            let mut c0 = 0;
+            while c0 + 64 <= c {
+                block::<64, FMA>(a, &point, c0, &mut o[c0..c0 + 64]);
+                c0 += 64;
+            }
+            while c0 + 16 <= c {
+                block::<16, FMA>(a, &point, c0, &mut o[c0..c0 + 16]);
+                c0 += 16;
+            }
+            while c0 + 4 <= c {
+                block::<4, FMA>(a, &point, c0, &mut o[c0..c0 + 4]);
+                c0 += 4;
+            }
+            while c0 < c {
+                block::<1, FMA>(a, &point, c0, &mut o[c0..c0 + 1]);
+                c0 += 1;
+            }
+        }
+    }
+}
+
+/// One output point's taps: the image, and per axis (first tap, end tap, origin, dilation).
+struct Point<'a> {
+    image: &'a [f32],
+    iw: usize,
+    c: usize,
+    kw: usize,
+    ky: (usize, usize, isize, usize),
+    kx: (usize, usize, isize, usize),
+}
+
+/// `B` channels from `c0` of one output point: accumulators stay in registers over every tap.
+#[inline(always)]
+fn block<const B: usize, const FMA: bool>(a: &Args, p: &Point, c0: usize, out: &mut [f32]) {
+    let mut acc = [0f32; B];
+    acc.copy_from_slice(&a.b[c0..c0 + B]);
+    let (ky0, ky1, iy0, dy) = p.ky;
+    let (kx0, kx1, ix0, dx) = p.kx;
+    for ky in ky0..ky1 {
+        let iy = (iy0 + (ky * dy) as isize) as usize;
+        for kx in kx0..kx1 {
+            let ix = (ix0 + (kx * dx) as isize) as usize;
+            let xs: &[f32; B] = p.image[(iy * p.iw + ix) * p.c + c0..][..B]
+                .try_into()
+                .unwrap();
+            let ws: &[f32; B] = a.w[(ky * p.kw + kx) * p.c + c0..][..B].try_into().unwrap();
+            for i in 0..B {
+                acc[i] = if FMA {
+                    xs[i].mul_add(ws[i], acc[i])
+                } else {
+                    acc[i] + xs[i] * ws[i]
+                };
+            }
+        }
+    }
+    let (lo, hi) = a.clamp;
+    for i in 0..B {
+        out[i] = acc[i].max(lo).min(hi);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::tract_core::ops::cnn::{KernelFormat, PaddingSpec, PoolSpec};
+    use tract_onnx::tract_core::ops::nn::DataFormat;
+
+    /// Deterministic values in [-1, 1): the test needs variety, not statistics.
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    struct Case {
+        format: DataFormat,
+        batch: usize,
+        channels: usize,
+        hw: [usize; 2],
+        kernel: [usize; 2],
+        strides: [usize; 2],
+        dilations: [usize; 2],
+        padding: PaddingSpec,
+        clamp: Option<(f32, f32)>,
+    }
+
+    /// A depthwise convolution (and clamp) as tract-onnx would type it.
+    fn model(case: &Case) -> TractResult<TypedModel> {
+        let c = case.channels;
+        let [h, w] = case.hw;
+        let shape: TVec<usize> = match case.format {
+            DataFormat::NCHW => tvec![case.batch, c, h, w],
+            DataFormat::NHWC => tvec![case.batch, h, w, c],
+            _ => unreachable!(),
+        };
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact(&shape))?;
+        let taps = case.kernel[0] * case.kernel[1];
+        let kernel = tract_ndarray::Array4::from_shape_vec(
+            (c, 1, case.kernel[0], case.kernel[1]),
+            values(c * taps, 2),
+        )?;
+        let k = model.add_const("k", Tensor::from(kernel))?;
+        let b = model.add_const("b", tensor1(&values(c, 3)))?;
+        let conv = Conv {
+            pool_spec: PoolSpec {
+                data_format: case.format,
+                kernel_shape: case.kernel.iter().copied().collect(),
+                padding: case.padding.clone(),
+                dilations: Some(case.dilations.iter().copied().collect()),
+                strides: Some(case.strides.iter().copied().collect()),
+                input_channels: c,
+                output_channels: c,
+            },
+            kernel_fmt: KernelFormat::OIHW,
+            group: c,
+            q_params: None,
+        };
+        let mut y = model.wire_node("conv", conv, &[x, k, b])?[0];
+        if let Some((lo, hi)) = case.clamp {
+            let lo = model.add_const("lo", tensor4(&[[[[lo]]]]))?;
+            let hi = model.add_const("hi", tensor4(&[[[[hi]]]]))?;
+            y = model.wire_node("max", math::max(), &[y, lo])?[0];
+            y = model.wire_node("min", math::min(), &[y, hi])?[0];
+        }
+        model.select_output_outlets(&[y])?;
+        Ok(model)
+    }
+
+    fn run(model: TypedModel, input: &Tensor) -> TractResult<Vec<f32>> {
+        let out = model
+            .into_runnable()?
+            .run(tvec!(input.clone().into_tvalue()))?;
+        Ok(out[0].try_as_plain_ram()?.as_slice::<f32>()?.to_vec())
+    }
+
+    /// veriface's op against tract's own lowering of the same convolution.
+    fn check(case: Case) -> TractResult<()> {
+        let reference = model(&case)?;
+        let input_shape = reference
+            .input_fact(0)?
+            .shape
+            .as_concrete()
+            .unwrap()
+            .to_vec();
+        let input = Tensor::from_shape(&input_shape, &values(input_shape.iter().product(), 1))?;
+        let mut ours = model(&case)?.into_decluttered()?;
+        assert_eq!(replace(&mut ours)?, 1, "the convolution was not replaced");
+        let ours = ours.into_optimized()?;
+        let names: Vec<String> = ours
+            .nodes()
+            .iter()
+            .map(|n| n.op.name().to_string())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.contains("Max") || n.contains("Min")),
+            "the clamp was not fused: {names:?}"
+        );
+        let expected = run(reference.into_optimized()?, &input)?;
+        let got = run(ours, &input)?;
+        assert_eq!(expected.len(), got.len());
+        let worst = expected
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        // Sums of at most 25 products of values in [-1, 1): only the order of rounding differs.
+        assert!(worst < 1e-5, "worst difference {worst}");
+        if case.clamp.is_some() {
+            assert!(got.contains(&0.0), "nothing reached the clamp");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn matches_tract_channel_first_with_stride_padding_and_clamp() -> TractResult<()> {
+        // 37 channels: one 16-block twice, a 4-block and a single channel.
+        check(Case {
+            format: DataFormat::NCHW,
+            batch: 2,
+            channels: 37,
+            hw: [13, 11],
+            kernel: [5, 5],
+            strides: [2, 2],
+            dilations: [1, 1],
+            padding: PaddingSpec::Explicit(tvec![1, 2], tvec![2, 1]),
+            clamp: Some((0.0, 0.5)),
+        })
+    }
+
+    #[test]
+    fn matches_tract_channel_last_with_same_padding_and_dilation() -> TractResult<()> {
+        // 70 channels: a 64-block, then a 4-block and two single channels.
+        check(Case {
+            format: DataFormat::NHWC,
+            batch: 1,
+            channels: 70,
+            hw: [9, 10],
+            kernel: [3, 3],
+            strides: [1, 1],
+            dilations: [2, 1],
+            padding: PaddingSpec::SameUpper,
+            clamp: None,
+        })
+    }
+}
