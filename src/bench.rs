@@ -43,16 +43,16 @@ fn time<T>(iterations: u32, mut f: impl FnMut() -> Result<T>) -> Result<Vec<Dura
 }
 
 /// One manifest model on zero inputs: load time, then `iterations` timed runs (no warm-up run,
-/// so an instruction count over N runs is exactly load + N inferences). `channels_last`
-/// overrides the manifest's tract convolution layout, to measure both.
+/// so an instruction count over N runs is exactly load + N inferences). `choice` overrides the
+/// manifest's tract convolution layout and own-op choice, to measure both.
 pub fn one_model(
     config: &EngineConfig,
     key: &str,
-    channels_last: Option<bool>,
+    choice: TractChoice,
     iterations: u32,
     json: bool,
 ) -> Result<std::process::ExitCode> {
-    let manifest = model_manifest(config, key, channels_last)?;
+    let manifest = model_manifest(config, key, choice)?;
     let t = Instant::now();
     let backend = crate::infer::open_backend(&config.backend, config.threads)?;
     let model = backend.load(&manifest, key)?;
@@ -72,15 +72,28 @@ pub fn one_model(
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-/// The manifest, with `key`'s tract convolution layout overridden where asked.
+/// How one model runs under tract, where a bench overrides the manifest's choice.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TractChoice {
+    /// Convolutions channel-last (`tract_channels_last`).
+    pub channels_last: Option<bool>,
+    /// veriface's depthwise and max-pool ops in place of tract's (`tract_own_ops`).
+    pub own_ops: Option<bool>,
+}
+
+/// The manifest, with `key`'s tract choices overridden where asked.
 fn model_manifest(
     config: &EngineConfig,
     key: &str,
-    channels_last: Option<bool>,
+    choice: TractChoice,
 ) -> Result<crate::manifest::Manifest> {
     let mut manifest = crate::manifest::Manifest::load(&config.manifest)?;
-    if let Some(channels_last) = channels_last {
-        manifest.model_mut(key)?.tract_channels_last = channels_last;
+    let spec = manifest.model_mut(key)?;
+    if let Some(channels_last) = choice.channels_last {
+        spec.tract_channels_last = channels_last;
+    }
+    if let Some(own_ops) = choice.own_ops {
+        spec.tract_own_ops = own_ops;
     }
     Ok(manifest)
 }
@@ -89,12 +102,12 @@ fn model_manifest(
 pub fn profile_model(
     config: &EngineConfig,
     key: &str,
-    channels_last: Option<bool>,
+    choice: TractChoice,
     iterations: u32,
     mark_nodes: bool,
     json: bool,
 ) -> Result<std::process::ExitCode> {
-    let manifest = model_manifest(config, key, channels_last)?;
+    let manifest = model_manifest(config, key, choice)?;
     let backend = crate::infer::tract::TractBackend::new(config.threads);
     let nodes = backend.profile(&manifest, key, iterations, mark_nodes)?;
     let total: f64 = nodes.iter().map(|n| n.mean_ms).sum();
@@ -113,21 +126,27 @@ pub fn profile_model(
         }
     }
     ops.sort_by(|a, b| b.mean_ms.total_cmp(&a.mean_ms));
-    let layout = match manifest.model(key)?.tract_channels_last {
+    let spec = manifest.model(key)?;
+    let layout = match spec.tract_channels_last {
         true => "NHWC",
         false => "NCHW",
     };
+    let ops_from = match spec.tract_own_ops {
+        true => "veriface's depthwise and max-pool ops",
+        false => "tract's ops only",
+    };
     if json {
         let doc = serde_json::json!({
-            "model": key, "conv_layout": layout, "threads": config.threads, "runs": iterations,
+            "model": key, "conv_layout": layout, "own_ops": spec.tract_own_ops,
+            "threads": config.threads, "runs": iterations,
             "total_ms": total, "ops": ops, "nodes": nodes,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(std::process::ExitCode::SUCCESS);
     }
     println!(
-        "{key} under tract, convolutions {layout}, {} thread(s): {total:.2} ms per inference \
-         (sum of node times, mean of {iterations} runs)",
+        "{key} under tract, convolutions {layout}, {ops_from}, {} thread(s): {total:.2} ms per \
+         inference (sum of node times, mean of {iterations} runs)",
         config.threads
     );
     println!(

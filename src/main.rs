@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::flags::{Cli, Command, ConfigCommand, ModelsAction, TractLayout};
+use cli::flags::{Cli, Command, ConfigCommand, ModelsAction, TractLayout, TractOps};
 use cli::resolve::engine_config;
 use veriface::face::DetectorRange;
 
@@ -38,12 +38,15 @@ fn main() -> ExitCode {
             config.threads = args.threads as usize;
             match &args.model {
                 Some(key) => {
-                    let channels_last = args.tract_layout.map(|l| matches!(l, TractLayout::Nhwc));
+                    let choice = veriface::bench::TractChoice {
+                        channels_last: args.tract_layout.map(|l| matches!(l, TractLayout::Nhwc)),
+                        own_ops: args.tract_ops.map(|o| matches!(o, TractOps::Veriface)),
+                    };
                     match args.profile {
                         true => veriface::bench::profile_model(
                             &config,
                             key,
-                            channels_last,
+                            choice,
                             args.iterations,
                             args.mark_nodes,
                             args.json,
@@ -51,7 +54,7 @@ fn main() -> ExitCode {
                         false => veriface::bench::one_model(
                             &config,
                             key,
-                            channels_last,
+                            choice,
                             args.iterations,
                             args.json,
                         ),

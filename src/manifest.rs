@@ -72,6 +72,10 @@ pub struct ModelSpec {
     /// (see models/tools/manifest.py). Other backends pick their own layout and ignore it.
     #[serde(default)]
     pub tract_channels_last: bool,
+    /// tract runs veriface's depthwise-convolution and max-pool ops (src/infer/depthwise.rs,
+    /// maxpool.rs) where they apply instead of its own; `false` keeps tract's, for comparison.
+    #[serde(default = "own_ops_by_default")]
+    pub tract_own_ops: bool,
     /// For a frame deepfake model: the operating threshold on its fake probability, chosen on
     /// validation data for a stated BPCER (see models/README.md).
     #[serde(default)]
@@ -240,4 +244,8 @@ pub fn default_manifest_path() -> PathBuf {
         .find(|p| p.exists())
         .cloned()
         .unwrap_or_else(|| candidates[0].clone())
+}
+
+fn own_ops_by_default() -> bool {
+    true
 }

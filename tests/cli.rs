@@ -570,43 +570,58 @@ fn eval_cropped_scores_every_image_without_detection() {
 }
 
 /// `bench --model KEY --profile` times every node of the optimised plan: the node times add up
-/// to the reported total, and the layout flag really changes the plan (channel-last adds the
-/// transposes into and out of the convolutions).
+/// to the reported total, and the layout and ops flags really change the plan (channel-last adds
+/// the transposes into and out of the convolutions; veriface's ops replace tract's max pools,
+/// and its depthwise convolutions where the model runs channel-last).
 #[test]
 fn bench_profile_times_every_node_in_the_chosen_layout() {
     let mut moves = Vec::new();
     for layout in ["nchw", "nhwc"] {
-        let o = veriface(&[
-            "bench",
-            "--model",
-            "emotion",
-            "--profile",
-            "--tract-layout",
-            layout,
-            "--iterations",
-            "2",
-            "--json",
-        ]);
-        assert!(o.status.success(), "{}", stderr(&o));
-        let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-        assert_eq!(doc["conv_layout"], layout.to_uppercase());
-        let nodes = doc["nodes"].as_array().unwrap();
-        let sum: f64 = nodes.iter().map(|n| n["mean_ms"].as_f64().unwrap()).sum();
-        let total = doc["total_ms"].as_f64().unwrap();
-        assert!(
-            total > 0.0 && (sum - total).abs() < 1e-6 * total.max(1.0),
-            "{sum} vs {total}"
-        );
-        let ops = |name: &str| nodes.iter().filter(|n| n["op"] == name).count();
-        assert_eq!(
-            ops("DepthWiseConv"),
-            8,
-            "mini-Xception's separable convolutions"
-        );
-        moves.push(ops("MoveAxis"));
+        for ops_from in ["tract", "veriface"] {
+            let o = veriface(&[
+                "bench",
+                "--model",
+                "emotion",
+                "--profile",
+                "--tract-layout",
+                layout,
+                "--tract-ops",
+                ops_from,
+                "--iterations",
+                "2",
+                "--json",
+            ]);
+            assert!(o.status.success(), "{}", stderr(&o));
+            let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+            assert_eq!(doc["conv_layout"], layout.to_uppercase());
+            assert_eq!(doc["own_ops"], ops_from == "veriface");
+            let nodes = doc["nodes"].as_array().unwrap();
+            let sum: f64 = nodes.iter().map(|n| n["mean_ms"].as_f64().unwrap()).sum();
+            let total = doc["total_ms"].as_f64().unwrap();
+            assert!(
+                total > 0.0 && (sum - total).abs() < 1e-6 * total.max(1.0),
+                "{sum} vs {total}"
+            );
+            let ops = |name: &str| nodes.iter().filter(|n| n["op"] == name).count();
+            let depthwise = match (layout, ops_from) {
+                ("nhwc", "veriface") => "VerifaceDepthwiseNhwc",
+                _ => "DepthWiseConv",
+            };
+            assert_eq!(
+                ops(depthwise),
+                8,
+                "mini-Xception's separable convolutions ({layout}, {ops_from})"
+            );
+            let pool = match ops_from {
+                "veriface" => "VerifaceMaxPool",
+                _ => "OptMaxPool",
+            };
+            assert_eq!(ops(pool), 4, "mini-Xception's pools ({layout}, {ops_from})");
+            moves.push(ops("MoveAxis"));
+        }
     }
-    assert_eq!(moves[0], 0, "NCHW runs the file's layout as it is");
-    assert!(moves[1] > 0, "NHWC moves the channels last");
+    assert_eq!(moves[..2], [0, 0], "NCHW runs the file's layout as it is");
+    assert!(moves[2] > 0 && moves[3] > 0, "NHWC moves the channels last");
 }
 
 /// `bench --profile --mark-nodes` under qemu with benches/arm/insn_count.c: the plugin gives

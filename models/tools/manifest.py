@@ -29,12 +29,14 @@ DEEPFAKE_TERMS = {
 
 # "tract_channels_last": tract runs the model's float convolutions channel-last (NHWC), chosen
 # by measurement (`veriface bench --model KEY --tract-layout nchw|nhwc`, `--profile` per node).
-# tract's depthwise kernel vectorises across channels only in that layout: the f32
-# EfficientNets went from 28-30 to 20-21 ms per inference (p50, x86_64 with AVX-512, one
-# thread; depthwise 18.9 -> 9.0 ms). On aarch64 (qemu -cpu cortex-a72/a76) both layouts execute
-# the same instruction count within 2%, so the x86 gain costs the boards nothing measurable. The
-# BlazeFace models and FaceMesh ran 10-40% slower channel-last and mini-Xception no faster, so
-# they stay NCHW; the QDQ and QOperator forms have quantized convolutions, which it leaves alone.
+# In that layout veriface runs the depthwise convolutions with its own op (src/infer/depthwise.rs:
+# tract 0.23 has no channel-inner depthwise kernel on x86): the f32 EfficientNets went from 28-30
+# ms (NCHW) and 20-22 ms (NHWC, tract's depthwise) to 9-10 ms per inference (p50, x86_64 with
+# AVX-512, one thread), MobileFaceNet from 10.3-10.7 to 7.5-8.3 ms. On aarch64 (qemu -cpu
+# cortex-a72/a76) see README's Performance for the instruction counts. The BlazeFace models,
+# FaceMesh and the eye model ran slower channel-last (their pools and padded residuals add
+# transposes) and mini-Xception no faster, so they stay NCHW; the QDQ and QOperator forms have
+# quantized convolutions, which it leaves alone.
 MODELS = {
     "face_short": {"file": "face_detection_short_range.onnx", "task": "face_detector",
                    "description": "BlazeFace short range: faces within about 2 m (kiosks)",
@@ -93,6 +95,7 @@ MODELS = {
                        "description": "MobileFaceNet-like face embedding: an ArcFace-aligned 112x112 RGB face -> 512-d vector (L2-normalised by the runtime)",
                        "input": {"name": "input", "shape": [1, 3, 112, 112], "layout": "NCHW", "dtype": "f32", "colour": "RGB"},
                        "normalise": {"mean": 127.0, "std": 128.0}, "outputs": ["output"],
+                       "tract_channels_last": True,
                        "licence": "MIT (package licence; the weights' own terms are not stated separately)",
                        "source": "npm faceplugin-face-recognition-js@0.0.1 (package/model/fr_feature.onnx), fetched by models/tools/identity.py",
                        "training_data": "undocumented by the publisher (Faceplugin); treat as unknown"},

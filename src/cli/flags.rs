@@ -345,6 +345,10 @@ pub(crate) struct BenchArgs {
     /// With --model: the convolution layout tract runs it in (default: the manifest's choice)
     #[arg(long, value_enum, requires = "model")]
     pub(crate) tract_layout: Option<TractLayout>,
+    /// With --model: whose depthwise-convolution and max-pool ops tract runs (default: the
+    /// manifest's choice, veriface's unless a model says otherwise)
+    #[arg(long, value_enum, requires = "model")]
+    pub(crate) tract_ops: Option<TractOps>,
     /// With --model: time every node of the model under tract (per operator type, then the
     /// slowest nodes) instead of the whole inference
     #[arg(long, requires = "model")]
@@ -353,6 +357,14 @@ pub(crate) struct BenchArgs {
     /// benches/arm/insn_count.c uses to count guest instructions per node under qemu
     #[arg(long, requires = "profile")]
     pub(crate) mark_nodes: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum TractOps {
+    /// tract's own lowering of every node
+    Tract,
+    /// veriface's channel-last depthwise convolution and channel-first max pool where they apply
+    Veriface,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

@@ -116,7 +116,7 @@ fn scalar_const(model: &TypedModel, outlet: OutletId) -> Option<f32> {
 
 /// Which compiled copy of the kernel runs: the widest this CPU has, chosen at load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Isa {
+pub(super) enum Isa {
     #[cfg(target_arch = "x86_64")]
     Avx512,
     #[cfg(target_arch = "x86_64")]
@@ -125,7 +125,7 @@ enum Isa {
 }
 
 impl Isa {
-    fn detect() -> Isa {
+    pub(super) fn detect() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
             if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
@@ -363,7 +363,7 @@ unsafe fn run_avx2(args: &Args, out: &mut [f32]) {
 /// The taps of one axis that land inside the input for output position `o`: (first, end, and
 /// the input position of tap 0, possibly negative).
 #[inline(always)]
-fn tap_range(
+pub(super) fn tap_range(
     o: usize,
     stride: usize,
     dilation: usize,

@@ -2,6 +2,7 @@
 
 pub mod accel;
 mod depthwise;
+mod maxpool;
 #[cfg(feature = "tensorrt")]
 pub mod ort;
 mod prelu;

@@ -74,10 +74,15 @@ fn optimized_plan(
             .with_input_fact(i, f32::fact(&input.shape).into())
             .map_err(fail)?;
     }
-    let mut model = model.into_typed().map_err(fail)?;
+    let mut model = model
+        .into_typed()
+        .map_err(fail)?
+        .into_decluttered()
+        .map_err(fail)?;
+    if spec.tract_own_ops {
+        own_ops(&mut model, spec.tract_channels_last).map_err(fail)?;
+    }
     if spec.tract_channels_last {
-        model = model.into_decluttered().map_err(fail)?;
-        super::depthwise::replace(&mut model).map_err(fail)?;
         channels_last(&mut model).map_err(fail)?;
     }
     let plan = model
@@ -87,6 +92,18 @@ fn optimized_plan(
         .map_err(fail)?;
     crate::infer::check_output_count(&file, plan.model().outputs.len(), spec)?;
     Ok((plan, file))
+}
+
+/// Where tract 0.23 has no fast kernel for a node, run veriface's op instead (measured in
+/// `bench --model KEY --profile --tract-ops tract|veriface`): max pooling in the channel-first
+/// models, depthwise convolutions in the channel-last ones (tract vectorises channel-first
+/// depthwise itself, at stride 1).
+fn own_ops(model: &mut TypedModel, channels_last: bool) -> Result<()> {
+    super::maxpool::replace(model)?;
+    if channels_last {
+        super::depthwise::replace(model)?;
+    }
+    Ok(())
 }
 
 /// Rewrite every float convolution to run channel-last, with one transpose at the input: tract's

@@ -1,0 +1,345 @@
+//! Channel-first max pooling for tract. tract 0.23's `OptMaxPool` walks every output point's
+//! window through its generic patch scanner: FaceMesh's first 2x2 pool (16 × 96 × 96 in) took
+//! 0.50 ms of its 3.9 ms, 7-14x onnxruntime's time for the same node
+//! (`benches/peer/node_compare.py face_mesh`). This op builds each output row from the input rows
+//! its windows cover, a pass per tap; the 2x2 stride-2 windows of FaceMesh and BlazeFace take one
+//! pass over two input rows.
+//!
+//! It replaces tract's `MaxPool` where the pool is f32, 2-D, channel-first, without index outputs
+//! and on a concrete input shape. Positions outside the input (padding) take no part, as in
+//! ONNX.
+
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::cnn::MaxPool;
+
+use super::depthwise::{tap_range, Isa};
+
+/// Replace every eligible `MaxPool` of a decluttered model; returns how many were replaced.
+pub(super) fn replace(model: &mut TypedModel) -> TractResult<usize> {
+    let mut replaced = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(pool) = node.op_as::<MaxPool>() else {
+            continue;
+        };
+        let Some(op) = RowMaxPool::from_pool(model, node, pool)? else {
+            continue;
+        };
+        let mut patch = TypedModelPatch::new("veriface-maxpool");
+        let x = patch.tap_model(model, node.inputs[0])?;
+        let wire = patch.wire_node(&node.name, op, &[x])?[0];
+        patch.shunt_outside(model, OutletId::new(id, 0), wire)?;
+        patch.apply(model)?;
+        replaced += 1;
+    }
+    if replaced > 0 {
+        model.compact()?;
+    }
+    Ok(replaced)
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct RowMaxPool {
+    /// Channel planes (batch × channels), each `input_hw` in and `output_hw` out.
+    planes: usize,
+    input_hw: [usize; 2],
+    output_hw: [usize; 2],
+    kernel_hw: [usize; 2],
+    strides: [usize; 2],
+    dilations: [usize; 2],
+    pad_before: [usize; 2],
+    output_shape: TVec<usize>,
+    isa: Isa,
+}
+
+impl RowMaxPool {
+    fn from_pool(
+        model: &TypedModel,
+        node: &TypedNode,
+        pool: &MaxPool,
+    ) -> TractResult<Option<Self>> {
+        let spec = &pool.pool_spec;
+        let x = model.outlet_fact(node.inputs[0])?;
+        let Some(shape) = x.shape.as_concrete() else {
+            return Ok(None);
+        };
+        if pool.with_index_outputs.is_some()
+            || node.outputs.len() != 1
+            || x.datum_type != f32::datum_type()
+            || spec.kernel_shape.len() != 2
+            || spec.data_format.c_is_last()
+        {
+            return Ok(None);
+        }
+        let data = spec.data_format.shape(shape.to_vec())?;
+        let hw = data.hw_dims();
+        let padding = spec.computed_padding(hw);
+        let output_hw = [padding[0].convoluted, padding[1].convoluted];
+        let mut output_shape: TVec<usize> = tvec![*data.c(), output_hw[0], output_hw[1]];
+        if let Some(&n) = data.n() {
+            output_shape.insert(0, n);
+        }
+        if model
+            .outlet_fact(OutletId::new(node.id, 0))?
+            .shape
+            .as_concrete()
+            != Some(&*output_shape)
+        {
+            return Ok(None);
+        }
+        Ok(Some(RowMaxPool {
+            planes: data.n().copied().unwrap_or(1) * *data.c(),
+            input_hw: [hw[0], hw[1]],
+            output_hw,
+            kernel_hw: [spec.kernel_shape[0], spec.kernel_shape[1]],
+            strides: [spec.stride(0), spec.stride(1)],
+            dilations: [spec.dilation(0), spec.dilation(1)],
+            pad_before: [padding[0].pad_before, padding[1].pad_before],
+            output_shape,
+            isa: Isa::detect(),
+        }))
+    }
+
+    /// Output rows `first_row..` (over planes × output rows) into `rows`. `column` holds one
+    /// input row: the max down each column of a window row, before the max along it.
+    #[inline(always)]
+    fn rows(&self, x: &[f32], first_row: usize, rows: &mut [f32], column: &mut [f32]) {
+        let [ih, iw] = self.input_hw;
+        let [oh, ow] = self.output_hw;
+        let [kh, kw] = self.kernel_hw;
+        let [stride, dilation, pad] = [self.strides[1], self.dilations[1], self.pad_before[1]];
+        for (r, row) in rows.chunks_exact_mut(ow).enumerate() {
+            let (plane, oy) = ((first_row + r) / oh, (first_row + r) % oh);
+            let image = &x[plane * ih * iw..][..ih * iw];
+            let (ky0, ky1, iy0) = tap_range(
+                oy,
+                self.strides[0],
+                self.dilations[0],
+                self.pad_before[0],
+                ih,
+                kh,
+            );
+            let line = |ky: usize| {
+                let iy = (iy0 + (ky * self.dilations[0]) as isize) as usize;
+                &image[iy * iw..][..iw]
+            };
+            column.copy_from_slice(line(ky0));
+            for ky in ky0 + 1..ky1 {
+                for (c, v) in column.iter_mut().zip(line(ky)) {
+                    *c = c.max(*v);
+                }
+            }
+            if kw == 2 && stride == 2 && dilation == 1 && pad == 0 && 2 * ow <= iw {
+                for (o, pair) in row.iter_mut().zip(column.chunks_exact(2)) {
+                    *o = pair[0].max(pair[1]);
+                }
+                continue;
+            }
+            row.fill(f32::NEG_INFINITY);
+            for kx in 0..kw {
+                // Input column of output 0 for this tap; outputs whose column falls outside the
+                // row are padding and skip it.
+                let offset = (kx * dilation) as isize - pad as isize;
+                let first = if offset < 0 {
+                    offset.unsigned_abs().div_ceil(stride)
+                } else {
+                    0
+                };
+                let start = first as isize * stride as isize + offset;
+                if first >= ow || start >= iw as isize {
+                    continue;
+                }
+                let start = start as usize;
+                let end = ow.min(first + (iw - 1 - start) / stride + 1);
+                let outputs = &mut row[first..end];
+                match stride {
+                    1 => max_into::<1>(outputs, &column[start..]),
+                    2 => max_into::<2>(outputs, &column[start..]),
+                    _ => {
+                        for (i, o) in outputs.iter_mut().enumerate() {
+                            *o = o.max(column[start + i * stride]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn rows_avx2(pool: &RowMaxPool, x: &[f32], first: usize, rows: &mut [f32], col: &mut [f32]) {
+    pool.rows(x, first, rows, col)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn rows_avx512(
+    pool: &RowMaxPool,
+    x: &[f32],
+    first: usize,
+    rows: &mut [f32],
+    col: &mut [f32],
+) {
+    pool.rows(x, first, rows, col)
+}
+
+/// `outputs[i] = max(outputs[i], input[i · S])`, the stride a constant so the loop vectorises.
+#[inline(always)]
+fn max_into<const S: usize>(outputs: &mut [f32], input: &[f32]) {
+    let input = &input[..(outputs.len() - 1) * S + 1];
+    for (i, o) in outputs.iter_mut().enumerate() {
+        *o = o.max(input[i * S]);
+    }
+}
+
+impl Op for RowMaxPool {
+    fn name(&self) -> StaticName {
+        "VerifaceMaxPool".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "{}x{} stride {:?}, {} planes",
+            self.kernel_hw[0], self.kernel_hw[1], self.strides, self.planes
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for RowMaxPool {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = args_1!(inputs);
+        let x = input.try_as_plain_ram()?.as_slice::<f32>()?;
+        let [ih, iw] = self.input_hw;
+        let ow = self.output_hw[1];
+        ensure!(
+            x.len() == self.planes * ih * iw,
+            "max pool input has {} values, expected {} planes of {ih}x{iw}",
+            x.len(),
+            self.planes
+        );
+        let mut output = Tensor::zero::<f32>(&self.output_shape)?;
+        {
+            let mut view = output.try_as_plain_ram_mut()?;
+            let out = view.as_slice_mut::<f32>()?;
+            tract_linalg::multithread::par_chunks_mut(out, ow, x.len(), |first_row, rows| {
+                let mut column = vec![0f32; iw];
+                match self.isa {
+                    // SAFETY: `Isa::detect` chose these only where the CPU reports the features
+                    // (AVX-512 F implies AVX2 on every CPU that has it).
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx512 => unsafe { rows_avx512(self, x, first_row, rows, &mut column) },
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx2Fma => unsafe { rows_avx2(self, x, first_row, rows, &mut column) },
+                    Isa::Baseline => self.rows(x, first_row, rows, &mut column),
+                }
+                Ok(())
+            })?;
+        }
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for RowMaxPool {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs[0].datum_type == f32::datum_type());
+        Ok(tvec!(f32::fact(&self.output_shape)))
+    }
+
+    as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::tract_core::ops::cnn::{PaddingSpec, PoolSpec};
+    use tract_onnx::tract_core::ops::nn::DataFormat;
+
+    fn pool_model(
+        shape: &[usize],
+        kernel: usize,
+        stride: usize,
+        padding: PaddingSpec,
+    ) -> TractResult<TypedModel> {
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact(shape))?;
+        let format = if shape.len() == 4 {
+            DataFormat::NCHW
+        } else {
+            DataFormat::CHW
+        };
+        let pool = MaxPool {
+            pool_spec: PoolSpec {
+                data_format: format,
+                kernel_shape: tvec![kernel, kernel],
+                padding,
+                dilations: None,
+                strides: Some(tvec![stride, stride]),
+                input_channels: shape[shape.len() - 3],
+                output_channels: shape[shape.len() - 3],
+            },
+            with_index_outputs: None,
+        };
+        let y = model.wire_node("pool", pool, &[x])?[0];
+        model.select_output_outlets(&[y])?;
+        Ok(model)
+    }
+
+    /// veriface's op against tract's own pooling on the same input.
+    fn check(
+        shape: &[usize],
+        kernel: usize,
+        stride: usize,
+        padding: PaddingSpec,
+    ) -> TractResult<()> {
+        let n: usize = shape.iter().product();
+        // Distinct values in a scrambled order, so every window has one right answer.
+        let input: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919) % n) as f32 - (n / 2) as f32)
+            .collect();
+        let input = Tensor::from_shape(shape, &input)?;
+        let reference = pool_model(shape, kernel, stride, padding.clone())?.into_optimized()?;
+        let mut ours = pool_model(shape, kernel, stride, padding)?.into_decluttered()?;
+        assert_eq!(replace(&mut ours)?, 1, "the pool was not replaced");
+        let ours = ours.into_optimized()?;
+        let run = |m: TypedModel| -> TractResult<Tensor> {
+            Ok(
+                m.into_runnable()?.run(tvec!(input.clone().into_tvalue()))?[0]
+                    .clone()
+                    .into_tensor(),
+            )
+        };
+        let (expected, got) = (run(reference)?, run(ours)?);
+        assert_eq!(expected.shape(), got.shape());
+        let (e, g) = (expected.try_as_plain_ram()?, got.try_as_plain_ram()?);
+        assert_eq!(
+            e.as_slice::<f32>()?,
+            g.as_slice::<f32>()?,
+            "{shape:?} k{kernel} s{stride}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn matches_tract_for_pairs_and_padded_windows() -> TractResult<()> {
+        // FaceMesh's and BlazeFace's 2x2 stride 2, on an odd width too (last column unused).
+        check(&[1, 3, 8, 10], 2, 2, PaddingSpec::Valid)?;
+        check(&[2, 3, 7, 11], 2, 2, PaddingSpec::Valid)?;
+        // mini-Xception's 3x3 stride 2 with padding, channel-first without a batch axis.
+        check(
+            &[4, 9, 12],
+            3,
+            2,
+            PaddingSpec::Explicit(tvec![1, 1], tvec![1, 1]),
+        )?;
+        check(&[1, 2, 6, 5], 3, 1, PaddingSpec::SameUpper)?;
+        // mini-Xception's pools as exported: 3x3 stride 2, the padding after; and wide rows.
+        check(&[1, 3, 11, 14], 3, 2, PaddingSpec::SameUpper)?;
+        check(&[1, 2, 6, 70], 3, 2, PaddingSpec::SameUpper)?;
+        check(&[1, 2, 4, 70], 2, 2, PaddingSpec::Valid)
+    }
+}
