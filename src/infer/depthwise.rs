@@ -4,10 +4,12 @@
 //! (`bench --model deepfake --profile`: 11.0 of 21.8 ms), and its stride-2 NCHW path is scalar.
 //! This op keeps one block of channels in registers across every tap of an output point, and is
 //! compiled three times on x86 (AVX-512, AVX2+FMA, baseline) to pick the widest at load.
+//! The same op runs a dense convolution of a narrow input (EfficientNet's RGB stem), which tract
+//! ran as a matrix product, a transpose to channel-last and a separate clamp (1.2 → 0.9 ms).
 //!
-//! It replaces tract's `Conv` where the convolution is depthwise (one group per channel), f32,
-//! 2-D, with constant weights and a concrete input shape, before `conv_nhwc` turns the rest of
-//! the model channel-last. Anything else stays tract's.
+//! It replaces tract's `Conv` where the convolution is depthwise (one group per channel) or has
+//! at most four input channels, f32, 2-D, with constant weights and a concrete input shape,
+//! before `conv_nhwc` turns the rest of the model channel-last. Anything else stays tract's.
 
 use std::sync::Arc;
 
@@ -16,8 +18,8 @@ use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::Conv;
 use tract_onnx::tract_core::ops::math;
 
-/// Replace every eligible depthwise `Conv` of a decluttered model (and the clamp that follows
-/// it, when it is the conv's only consumer); returns how many were replaced.
+/// Replace every eligible depthwise or few-input `Conv` of a decluttered model (and the clamp
+/// that follows it, when it is the conv's only consumer); returns how many were replaced.
 pub(super) fn replace(model: &mut TypedModel) -> TractResult<usize> {
     let mut replaced = 0;
     for id in model.eval_order()? {
@@ -143,6 +145,8 @@ impl Isa {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Geometry {
     batch: usize,
+    input_channels: usize,
+    /// Output channels.
     channels: usize,
     input_hw: [usize; 2],
     output_hw: [usize; 2],
@@ -152,10 +156,25 @@ struct Geometry {
     pad_before: [usize; 2],
 }
 
+/// What the op computes per output point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Kind {
+    /// One filter per channel (groups = channels): weights `[KH * KW, C]`.
+    Depthwise,
+    /// Every output channel from every input channel of a narrow input (an RGB stem, whose
+    /// matrix-multiply form under tract needed a transpose and a separate clamp after it):
+    /// weights `[KH * KW, C_in, C_out]`.
+    FewInputs,
+}
+
+/// The most input channels `Kind::FewInputs` takes: each is a broadcast per tap and block.
+const FEW_INPUTS: usize = 4;
+
 #[derive(Clone, Debug)]
 pub(super) struct DepthwiseNhwc {
+    kind: Kind,
     geometry: Geometry,
-    /// `[KH * KW, C]`: one channel vector per tap.
+    /// In the layout `kind` says.
     weights: Arc<Vec<f32>>,
     bias: Arc<Vec<f32>>,
     /// Applied to every output: `min(max(y, lo), hi)`; (-inf, inf) when nothing was fused.
@@ -167,7 +186,8 @@ pub(super) struct DepthwiseNhwc {
 impl PartialEq for DepthwiseNhwc {
     fn eq(&self, other: &Self) -> bool {
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        self.geometry == other.geometry
+        self.kind == other.kind
+            && self.geometry == other.geometry
             && bits(&self.weights) == bits(&other.weights)
             && bits(&self.bias) == bits(&other.bias)
             && self.clamp.0.to_bits() == other.clamp.0.to_bits()
@@ -184,13 +204,14 @@ impl DepthwiseNhwc {
     fn from_conv(model: &TypedModel, node: &TypedNode, conv: &Conv) -> TractResult<Option<Self>> {
         let spec = &conv.pool_spec;
         let group = conv.group;
-        if conv.q_params.is_some()
-            || node.inputs.len() != 3
-            || spec.kernel_shape.len() != 2
-            || group < 2
-            || group != spec.input_channels
-            || group != spec.output_channels
-        {
+        let kind = if group > 1 && group == spec.input_channels && group == spec.output_channels {
+            Kind::Depthwise
+        } else if group == 1 && spec.input_channels <= FEW_INPUTS && spec.output_channels >= 8 {
+            Kind::FewInputs
+        } else {
+            return Ok(None);
+        };
+        if conv.q_params.is_some() || node.inputs.len() != 3 || spec.kernel_shape.len() != 2 {
             return Ok(None);
         }
         let x = model.outlet_fact(node.inputs[0])?;
@@ -209,9 +230,11 @@ impl DepthwiseNhwc {
         let data = spec.data_format.shape(shape.to_vec())?;
         let hw = data.hw_dims();
         let padding = spec.computed_padding(hw);
-        let channels = *data.c();
+        let input_channels = *data.c();
+        let channels = spec.output_channels;
         let geometry = Geometry {
             batch: data.n().copied().unwrap_or(1),
+            input_channels,
             channels,
             input_hw: [hw[0], hw[1]],
             output_hw: [padding[0].convoluted, padding[1].convoluted],
@@ -220,17 +243,25 @@ impl DepthwiseNhwc {
             dilations: [spec.dilation(0), spec.dilation(1)],
             pad_before: [padding[0].pad_before, padding[1].pad_before],
         };
-        // [C, 1, 1, KH*KW] whatever the kernel format, then tap-major.
-        let per_channel = conv.kernel_fmt.kernel_as_group_o_i_hw(&kernel, group)?;
-        let per_channel = per_channel.try_as_plain_ram()?.as_slice::<f32>()?;
+        // [G, O/G, I/G, KH*KW] whatever the kernel format, then tap-major: depthwise
+        // [G = C, 1, 1, taps] -> [taps, C]; few inputs [1, O, I, taps] -> [taps, I, O].
+        let grouped = conv.kernel_fmt.kernel_as_group_o_i_hw(&kernel, group)?;
+        let grouped = grouped.try_as_plain_ram()?.as_slice::<f32>()?;
         let taps = geometry.kernel_hw[0] * geometry.kernel_hw[1];
-        if per_channel.len() != taps * channels {
+        let per_tap = match kind {
+            Kind::Depthwise => channels,
+            Kind::FewInputs => input_channels * channels,
+        };
+        if grouped.len() != taps * per_tap {
             return Ok(None);
         }
-        let mut weights = vec![0f32; taps * channels];
-        for c in 0..channels {
-            for t in 0..taps {
-                weights[t * channels + c] = per_channel[c * taps + t];
+        let mut weights = vec![0f32; taps * per_tap];
+        for o in 0..channels {
+            for i in 0..per_tap / channels {
+                for t in 0..taps {
+                    weights[t * per_tap + i * channels + o] =
+                        grouped[(o * (per_tap / channels) + i) * taps + t];
+                }
             }
         }
         let bias = bias.cast_to::<f32>()?;
@@ -244,6 +275,7 @@ impl DepthwiseNhwc {
             None => tvec![geometry.output_hw[0], geometry.output_hw[1], channels],
         };
         Ok(Some(DepthwiseNhwc {
+            kind,
             geometry,
             weights: Arc::new(weights),
             bias: Arc::new(bias),
@@ -256,7 +288,10 @@ impl DepthwiseNhwc {
 
 impl Op for DepthwiseNhwc {
     fn name(&self) -> StaticName {
-        "VerifaceDepthwiseNhwc".into()
+        match self.kind {
+            Kind::Depthwise => "VerifaceDepthwiseNhwc".into(),
+            Kind::FewInputs => "VerifaceFewInputConvNhwc".into(),
+        }
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
@@ -278,8 +313,8 @@ impl EvalOp for DepthwiseNhwc {
         let x = input.try_as_plain_ram()?.as_slice::<f32>()?;
         let g = &self.geometry;
         ensure!(
-            x.len() == g.batch * g.input_hw[0] * g.input_hw[1] * g.channels,
-            "depthwise input has {} values, expected {:?}",
+            x.len() == g.batch * g.input_hw[0] * g.input_hw[1] * g.input_channels,
+            "convolution input has {} values, expected {:?}",
             x.len(),
             g
         );
@@ -297,6 +332,7 @@ impl EvalOp for DepthwiseNhwc {
                     b: &self.bias,
                     clamp: self.clamp,
                     first_row,
+                    kind: self.kind,
                 };
                 run(self.isa, &args, rows);
                 Ok(())
@@ -319,7 +355,11 @@ impl TypedOp for DepthwiseNhwc {
             * g.output_hw[1]
             * g.channels
             * g.kernel_hw[0]
-            * g.kernel_hw[1];
+            * g.kernel_hw[1]
+            * match self.kind {
+                Kind::Depthwise => 1,
+                Kind::FewInputs => g.input_channels,
+            };
         Ok(tvec!((Cost::FMA(f32::datum_type()), macs.into())))
     }
 
@@ -334,6 +374,7 @@ struct Args<'a> {
     clamp: (f32, f32),
     /// Index (over batch × output rows) of the first row of the output slice handed over.
     first_row: usize,
+    kind: Kind,
 }
 
 fn run(isa: Isa, args: &Args, out: &mut [f32]) {
@@ -391,10 +432,11 @@ fn rows<const FMA: bool>(a: &Args, out: &mut [f32]) {
     let [oh, ow] = g.output_hw;
     let [kh, kw] = g.kernel_hw;
     let c = g.channels;
+    let ci = g.input_channels;
     let row_len = ow * c;
     for (r, row) in out.chunks_exact_mut(row_len).enumerate() {
         let (n, oy) = ((a.first_row + r) / oh, (a.first_row + r) % oh);
-        let image = &a.x[n * ih * iw * c..][..ih * iw * c];
+        let image = &a.x[n * ih * iw * ci..][..ih * iw * ci];
         let (ky0, ky1, iy0) = tap_range(oy, g.strides[0], g.dilations[0], g.pad_before[0], ih, kh);
         for ox in 0..ow {
             let (kx0, kx1, ix0) =
@@ -403,27 +445,38 @@ fn rows<const FMA: bool>(a: &Args, out: &mut [f32]) {
                 image,
                 iw,
                 c,
+                ci,
                 kw,
                 ky: (ky0, ky1, iy0, g.dilations[0]),
                 kx: (kx0, kx1, ix0, g.dilations[1]),
             };
             let o = &mut row[ox * c..][..c];
-            let mut c0 = 0;
-            while c0 + 64 <= c {
-                block::<64, FMA>(a, &point, c0, &mut o[c0..c0 + 64]);
-                c0 += 64;
+            // Blocks of 64, 16, 4 and 1 channels. A macro, not a closure: a closure does not
+            // get the target features of the function it is written in.
+            macro_rules! blocks {
+                ($block:ident) => {{
+                    let mut c0 = 0;
+                    while c0 + 64 <= c {
+                        $block::<64, FMA>(a, &point, c0, &mut o[c0..c0 + 64]);
+                        c0 += 64;
+                    }
+                    while c0 + 16 <= c {
+                        $block::<16, FMA>(a, &point, c0, &mut o[c0..c0 + 16]);
+                        c0 += 16;
+                    }
+                    while c0 + 4 <= c {
+                        $block::<4, FMA>(a, &point, c0, &mut o[c0..c0 + 4]);
+                        c0 += 4;
+                    }
+                    while c0 < c {
+                        $block::<1, FMA>(a, &point, c0, &mut o[c0..c0 + 1]);
+                        c0 += 1;
+                    }
+                }};
             }
-            while c0 + 16 <= c {
-                block::<16, FMA>(a, &point, c0, &mut o[c0..c0 + 16]);
-                c0 += 16;
-            }
-            while c0 + 4 <= c {
-                block::<4, FMA>(a, &point, c0, &mut o[c0..c0 + 4]);
-                c0 += 4;
-            }
-            while c0 < c {
-                block::<1, FMA>(a, &point, c0, &mut o[c0..c0 + 1]);
-                c0 += 1;
+            match a.kind {
+                Kind::Depthwise => blocks!(block),
+                Kind::FewInputs => blocks!(few_inputs_block),
             }
         }
     }
@@ -433,7 +486,10 @@ fn rows<const FMA: bool>(a: &Args, out: &mut [f32]) {
 struct Point<'a> {
     image: &'a [f32],
     iw: usize,
+    /// Output channels (and input channels, depthwise).
     c: usize,
+    /// Input channels: the image's values per pixel.
+    ci: usize,
     kw: usize,
     ky: (usize, usize, isize, usize),
     kx: (usize, usize, isize, usize),
@@ -455,17 +511,55 @@ fn block<const B: usize, const FMA: bool>(a: &Args, p: &Point, c0: usize, out: &
                 .unwrap();
             let ws: &[f32; B] = a.w[(ky * p.kw + kx) * p.c + c0..][..B].try_into().unwrap();
             for i in 0..B {
-                acc[i] = if FMA {
-                    xs[i].mul_add(ws[i], acc[i])
-                } else {
-                    acc[i] + xs[i] * ws[i]
-                };
+                acc[i] = madd::<FMA>(xs[i], ws[i], acc[i]);
             }
         }
     }
     let (lo, hi) = a.clamp;
     for i in 0..B {
         out[i] = acc[i].max(lo).min(hi);
+    }
+}
+
+/// `B` output channels from `c0` of one output point of a few-input convolution: every input
+/// value of every tap is broadcast against a row of `B` weights.
+#[inline(always)]
+fn few_inputs_block<const B: usize, const FMA: bool>(
+    a: &Args,
+    p: &Point,
+    c0: usize,
+    out: &mut [f32],
+) {
+    let mut acc = [0f32; B];
+    acc.copy_from_slice(&a.b[c0..c0 + B]);
+    let (ky0, ky1, iy0, dy) = p.ky;
+    let (kx0, kx1, ix0, dx) = p.kx;
+    for ky in ky0..ky1 {
+        let iy = (iy0 + (ky * dy) as isize) as usize;
+        for kx in kx0..kx1 {
+            let ix = (ix0 + (kx * dx) as isize) as usize;
+            let pixel = &p.image[(iy * p.iw + ix) * p.ci..][..p.ci];
+            let tap = &a.w[(ky * p.kw + kx) * p.ci * p.c..][..p.ci * p.c];
+            for (x, weights) in pixel.iter().zip(tap.chunks_exact(p.c)) {
+                let ws: &[f32; B] = weights[c0..c0 + B].try_into().unwrap();
+                for i in 0..B {
+                    acc[i] = madd::<FMA>(*x, ws[i], acc[i]);
+                }
+            }
+        }
+    }
+    let (lo, hi) = a.clamp;
+    for i in 0..B {
+        out[i] = acc[i].max(lo).min(hi);
+    }
+}
+
+#[inline(always)]
+fn madd<const FMA: bool>(x: f32, w: f32, acc: f32) -> f32 {
+    if FMA {
+        x.mul_add(w, acc)
+    } else {
+        acc + x * w
     }
 }
 
@@ -493,6 +587,8 @@ mod tests {
     struct Case {
         format: DataFormat,
         batch: usize,
+        /// Input channels of a dense (group 1) convolution; `None`: depthwise.
+        dense_inputs: Option<usize>,
         channels: usize,
         hw: [usize; 2],
         kernel: [usize; 2],
@@ -502,21 +598,23 @@ mod tests {
         clamp: Option<(f32, f32)>,
     }
 
-    /// A depthwise convolution (and clamp) as tract-onnx would type it.
+    /// A depthwise (or dense) convolution and clamp as tract-onnx would type it.
     fn model(case: &Case) -> TractResult<TypedModel> {
         let c = case.channels;
+        let ci = case.dense_inputs.unwrap_or(c);
         let [h, w] = case.hw;
         let shape: TVec<usize> = match case.format {
-            DataFormat::NCHW => tvec![case.batch, c, h, w],
-            DataFormat::NHWC => tvec![case.batch, h, w, c],
+            DataFormat::NCHW => tvec![case.batch, ci, h, w],
+            DataFormat::NHWC => tvec![case.batch, h, w, ci],
             _ => unreachable!(),
         };
         let mut model = TypedModel::default();
         let x = model.add_source("x", f32::fact(&shape))?;
         let taps = case.kernel[0] * case.kernel[1];
+        let per_output = case.dense_inputs.unwrap_or(1);
         let kernel = tract_ndarray::Array4::from_shape_vec(
-            (c, 1, case.kernel[0], case.kernel[1]),
-            values(c * taps, 2),
+            (c, per_output, case.kernel[0], case.kernel[1]),
+            values(c * per_output * taps, 2),
         )?;
         let k = model.add_const("k", Tensor::from(kernel))?;
         let b = model.add_const("b", tensor1(&values(c, 3)))?;
@@ -527,11 +625,11 @@ mod tests {
                 padding: case.padding.clone(),
                 dilations: Some(case.dilations.iter().copied().collect()),
                 strides: Some(case.strides.iter().copied().collect()),
-                input_channels: c,
+                input_channels: ci,
                 output_channels: c,
             },
             kernel_fmt: KernelFormat::OIHW,
-            group: c,
+            group: if case.dense_inputs.is_some() { 1 } else { c },
             q_params: None,
         };
         let mut y = model.wire_node("conv", conv, &[x, k, b])?[0];
@@ -582,7 +680,7 @@ mod tests {
             .zip(&got)
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
-        // Sums of at most 25 products of values in [-1, 1): only the order of rounding differs.
+        // Sums of at most 27 products of values in [-1, 1): only the order of rounding differs.
         assert!(worst < 1e-5, "worst difference {worst}");
         if case.clamp.is_some() {
             assert!(got.contains(&0.0), "nothing reached the clamp");
@@ -596,6 +694,7 @@ mod tests {
         check(Case {
             format: DataFormat::NCHW,
             batch: 2,
+            dense_inputs: None,
             channels: 37,
             hw: [13, 11],
             kernel: [5, 5],
@@ -612,12 +711,43 @@ mod tests {
         check(Case {
             format: DataFormat::NHWC,
             batch: 1,
+            dense_inputs: None,
             channels: 70,
             hw: [9, 10],
             kernel: [3, 3],
             strides: [1, 1],
             dilations: [2, 1],
             padding: PaddingSpec::SameUpper,
+            clamp: None,
+        })
+    }
+
+    #[test]
+    fn matches_tract_for_a_stem_of_few_input_channels() -> TractResult<()> {
+        // EfficientNet's stem: 3 channels in, 3x3 stride 2, 32 out, ReLU6; then 37 outputs
+        // (blocks of 16, 4 and 1) from 2 inputs, unpadded and unclamped.
+        check(Case {
+            format: DataFormat::NCHW,
+            batch: 1,
+            dense_inputs: Some(3),
+            channels: 32,
+            hw: [15, 16],
+            kernel: [3, 3],
+            strides: [2, 2],
+            dilations: [1, 1],
+            padding: PaddingSpec::Explicit(tvec![0, 0], tvec![1, 1]),
+            clamp: Some((0.0, 0.5)),
+        })?;
+        check(Case {
+            format: DataFormat::NHWC,
+            batch: 2,
+            dense_inputs: Some(2),
+            channels: 37,
+            hw: [6, 7],
+            kernel: [2, 3],
+            strides: [1, 1],
+            dilations: [1, 1],
+            padding: PaddingSpec::Valid,
             clamp: None,
         })
     }

@@ -95,12 +95,14 @@ fn optimized_plan(
 }
 
 /// Where tract 0.23 has no fast kernel for a node, run veriface's op instead (measured in
-/// `bench --model KEY --profile --tract-ops tract|veriface`): max pooling in the channel-first
-/// models, depthwise convolutions in the channel-last ones (tract vectorises channel-first
-/// depthwise itself, at stride 1).
+/// `bench --model KEY --profile --tract-ops tract|veriface`, and under qemu by
+/// benches/arm/count.sh): max pooling in the channel-first models; depthwise and few-input
+/// (stem) convolutions in the channel-last ones where tract has no channel-inner depthwise kernel
+/// for this CPU (x86: it has one for aarch64, 1 % fewer instructions than veriface's there).
+/// tract vectorises channel-first depthwise itself, at stride 1.
 fn own_ops(model: &mut TypedModel, channels_last: bool) -> Result<()> {
     super::maxpool::replace(model)?;
-    if channels_last {
+    if channels_last && tract_linalg::routines::depthwise_c_f32().is_none() {
         super::depthwise::replace(model)?;
     }
     Ok(())
