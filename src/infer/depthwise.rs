@@ -318,7 +318,9 @@ impl EvalOp for DepthwiseNhwc {
             x.len(),
             g
         );
-        let mut output = Tensor::zero::<f32>(&self.output_shape)?;
+        // SAFETY: f32 has no invalid bit patterns, and the kernel below writes every output point of every row, every channel block
+        // (the rows handed out by `par_chunks_mut` cover the tensor), before anything reads it.
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&self.output_shape)? };
         {
             let mut view = output.try_as_plain_ram_mut()?;
             let out = view.as_slice_mut::<f32>()?;

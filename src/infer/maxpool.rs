@@ -222,7 +222,9 @@ impl EvalOp for RowMaxPool {
             x.len(),
             self.planes
         );
-        let mut output = Tensor::zero::<f32>(&self.output_shape)?;
+        // SAFETY: f32 has no invalid bit patterns, and the kernel below writes every output row of every plane, whole
+        // (the rows handed out by `par_chunks_mut` cover the tensor), before anything reads it.
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&self.output_shape)? };
         {
             let mut view = output.try_as_plain_ram_mut()?;
             let out = view.as_slice_mut::<f32>()?;
