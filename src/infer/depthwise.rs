@@ -20,31 +20,37 @@ use tract_onnx::tract_core::ops::math;
 
 /// Replace every eligible depthwise or few-input `Conv` of a decluttered model (and the clamp
 /// that follows it, when it is the conv's only consumer); returns how many were replaced.
-pub(super) fn replace(model: &mut TypedModel) -> TractResult<usize> {
+/// `channels_last`: the model is about to run channel-last (`conv_nhwc`), so a channel-first
+/// convolution runs channel-last between two transposes, which `conv_nhwc` and decluttering
+/// cancel against their neighbours'. Otherwise only the channel-first depthwise convolutions of
+/// stride 2 or more are replaced (tract's are scalar there), in their own layout.
+pub(super) fn replace(model: &mut TypedModel, channels_last: bool) -> TractResult<usize> {
     let mut replaced = 0;
     for id in model.eval_order()? {
         let node = model.node(id);
         let Some(conv) = node.op_as::<Conv>() else {
             continue;
         };
-        let Some(op) = DepthwiseNhwc::from_conv(model, node, conv)? else {
+        let channels_first = !conv.pool_spec.data_format.c_is_last();
+        let transpose = channels_first && channels_last;
+        let Some(op) = DirectConv::from_conv(model, node, conv, transpose)? else {
             continue;
         };
-        let channels_first = !conv.pool_spec.data_format.c_is_last();
+        if !channels_last && (op.kind != Kind::Depthwise || op.geometry.strides[1] < 2) {
+            continue;
+        }
         let x_shape = model.outlet_fact(node.inputs[0])?.shape.to_tvec();
         let x_shape = conv.pool_spec.data_format.shape(x_shape)?;
         let (c_axis, last_axis) = (x_shape.c_axis(), x_shape.hw_axes().end);
         let (op, last) = absorb_clamps(model, id, op)?;
         let mut patch = TypedModelPatch::new("veriface-depthwise");
         let mut wire = patch.tap_model(model, node.inputs[0])?;
-        // A channel-first model gets a transpose on each side; `conv_nhwc` and decluttering
-        // then cancel them against their neighbours'.
-        if channels_first {
+        if transpose {
             let name = format!("{}.nhwc_in", node.name);
             wire = patch.wire_node(name, AxisOp::Move(c_axis, last_axis - 1), &[wire])?[0];
         }
         wire = patch.wire_node(&node.name, op, &[wire])?[0];
-        if channels_first {
+        if transpose {
             let name = format!("{}.nhwc_out", node.name);
             wire = patch.wire_node(name, AxisOp::Move(last_axis - 1, c_axis), &[wire])?[0];
         }
@@ -63,8 +69,8 @@ pub(super) fn replace(model: &mut TypedModel) -> TractResult<usize> {
 fn absorb_clamps(
     model: &TypedModel,
     conv: usize,
-    mut op: DepthwiseNhwc,
-) -> TractResult<(DepthwiseNhwc, usize)> {
+    mut op: DirectConv,
+) -> TractResult<(DirectConv, usize)> {
     let mut last = conv;
     loop {
         let outlet = OutletId::new(last, 0);
@@ -171,8 +177,10 @@ enum Kind {
 const FEW_INPUTS: usize = 4;
 
 #[derive(Clone, Debug)]
-pub(super) struct DepthwiseNhwc {
+pub(super) struct DirectConv {
     kind: Kind,
+    /// `[N,] H, W, C` in and out; else `[N,] C, H, W` (depthwise only).
+    channels_last: bool,
     geometry: Geometry,
     /// In the layout `kind` says.
     weights: Arc<Vec<f32>>,
@@ -183,10 +191,11 @@ pub(super) struct DepthwiseNhwc {
     isa: Isa,
 }
 
-impl PartialEq for DepthwiseNhwc {
+impl PartialEq for DirectConv {
     fn eq(&self, other: &Self) -> bool {
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         self.kind == other.kind
+            && self.channels_last == other.channels_last
             && self.geometry == other.geometry
             && bits(&self.weights) == bits(&other.weights)
             && bits(&self.bias) == bits(&other.bias)
@@ -197,11 +206,17 @@ impl PartialEq for DepthwiseNhwc {
 }
 
 // Weights compare by bit pattern above, so equality is reflexive.
-impl Eq for DepthwiseNhwc {}
+impl Eq for DirectConv {}
 
-impl DepthwiseNhwc {
-    /// This op for `conv`, or `None` where the convolution is not one it runs.
-    fn from_conv(model: &TypedModel, node: &TypedNode, conv: &Conv) -> TractResult<Option<Self>> {
+impl DirectConv {
+    /// This op for `conv`, or `None` where the convolution is not one it runs. `transpose`: it
+    /// runs channel-last on the transposed input of a channel-first convolution.
+    fn from_conv(
+        model: &TypedModel,
+        node: &TypedNode,
+        conv: &Conv,
+        transpose: bool,
+    ) -> TractResult<Option<Self>> {
         let spec = &conv.pool_spec;
         let group = conv.group;
         let kind = if group > 1 && group == spec.input_channels && group == spec.output_channels {
@@ -270,12 +285,25 @@ impl DepthwiseNhwc {
             b if b.len() == channels => b.to_vec(),
             _ => return Ok(None),
         };
-        let output_shape = match data.n() {
-            Some(&n) => tvec![n, geometry.output_hw[0], geometry.output_hw[1], channels],
-            None => tvec![geometry.output_hw[0], geometry.output_hw[1], channels],
+        let channels_last = transpose || spec.data_format.c_is_last();
+        if !channels_last && kind != Kind::Depthwise {
+            return Ok(None);
+        }
+        if !channels_last {
+            // Channel-first reads one channel's taps together: [C, taps], as `grouped` is.
+            weights.copy_from_slice(grouped);
+        }
+        let [oh, ow] = geometry.output_hw;
+        let mut output_shape: TVec<usize> = match channels_last {
+            true => tvec![oh, ow, channels],
+            false => tvec![channels, oh, ow],
         };
-        Ok(Some(DepthwiseNhwc {
+        if let Some(&n) = data.n() {
+            output_shape.insert(0, n);
+        }
+        Ok(Some(DirectConv {
             kind,
+            channels_last,
             geometry,
             weights: Arc::new(weights),
             bias: Arc::new(bias),
@@ -286,11 +314,12 @@ impl DepthwiseNhwc {
     }
 }
 
-impl Op for DepthwiseNhwc {
+impl Op for DirectConv {
     fn name(&self) -> StaticName {
-        match self.kind {
-            Kind::Depthwise => "VerifaceDepthwiseNhwc".into(),
-            Kind::FewInputs => "VerifaceFewInputConvNhwc".into(),
+        match (self.kind, self.channels_last) {
+            (Kind::Depthwise, true) => "VerifaceDepthwiseNhwc".into(),
+            (Kind::Depthwise, false) => "VerifaceDepthwiseNchw".into(),
+            (Kind::FewInputs, _) => "VerifaceFewInputConvNhwc".into(),
         }
     }
 
@@ -305,7 +334,7 @@ impl Op for DepthwiseNhwc {
     op_as_typed_op!();
 }
 
-impl EvalOp for DepthwiseNhwc {
+impl EvalOp for DirectConv {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
@@ -324,7 +353,11 @@ impl EvalOp for DepthwiseNhwc {
         {
             let mut view = output.try_as_plain_ram_mut()?;
             let out = view.as_slice_mut::<f32>()?;
-            let row = g.output_hw[1] * g.channels;
+            // A row: one output row of every channel (channel-last) or of one channel.
+            let row = match self.channels_last {
+                true => g.output_hw[1] * g.channels,
+                false => g.output_hw[1],
+            };
             // Output rows are independent: tract's pool splits them when the engine has threads.
             tract_linalg::multithread::par_chunks_mut(out, row, x.len(), |first_row, rows| {
                 let args = Args {
@@ -335,6 +368,7 @@ impl EvalOp for DepthwiseNhwc {
                     clamp: self.clamp,
                     first_row,
                     kind: self.kind,
+                    channels_last: self.channels_last,
                 };
                 run(self.isa, &args, rows);
                 Ok(())
@@ -344,7 +378,7 @@ impl EvalOp for DepthwiseNhwc {
     }
 }
 
-impl TypedOp for DepthwiseNhwc {
+impl TypedOp for DirectConv {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         ensure!(inputs[0].datum_type == f32::datum_type());
         Ok(tvec!(f32::fact(&self.output_shape)))
@@ -377,6 +411,7 @@ struct Args<'a> {
     /// Index (over batch × output rows) of the first row of the output slice handed over.
     first_row: usize,
     kind: Kind,
+    channels_last: bool,
 }
 
 fn run(isa: Isa, args: &Args, out: &mut [f32]) {
@@ -387,20 +422,20 @@ fn run(isa: Isa, args: &Args, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => unsafe { run_avx2(args, out) },
         // aarch64 always has fused multiply-add (NEON fmla).
-        Isa::Baseline => rows::<{ cfg!(target_arch = "aarch64") }>(args, out),
+        Isa::Baseline => layout::<{ cfg!(target_arch = "aarch64") }>(args, out),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn run_avx512(args: &Args, out: &mut [f32]) {
-    rows::<true>(args, out)
+    layout::<true>(args, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn run_avx2(args: &Args, out: &mut [f32]) {
-    rows::<true>(args, out)
+    layout::<true>(args, out)
 }
 
 /// The taps of one axis that land inside the input for output position `o`: (first, end, and
@@ -425,6 +460,150 @@ pub(super) fn tap_range(
         end -= 1;
     }
     (first, end, origin)
+}
+
+#[inline(always)]
+fn layout<const FMA: bool>(a: &Args, out: &mut [f32]) {
+    match a.channels_last {
+        true => rows::<FMA>(a, out),
+        false => planes::<FMA>(a, out),
+    }
+}
+
+/// Channel-first depthwise: one output row of one channel at a time. Where every horizontal tap
+/// lands inside the input (the interior), blocks of outputs keep their sums in registers over
+/// all taps; the few outputs at the edges take the taps that exist, one by one.
+#[inline(always)]
+fn planes<const FMA: bool>(a: &Args, out: &mut [f32]) {
+    let g = a.g;
+    let [ih, iw] = g.input_hw;
+    let [oh, ow] = g.output_hw;
+    let [kh, kw] = g.kernel_hw;
+    let [stride, dilation, pad] = [g.strides[1], g.dilations[1], g.pad_before[1]];
+    // Interior outputs: ox·stride ≥ pad and ox·stride - pad + (kw - 1)·dilation < iw.
+    let interior_start = pad.div_ceil(stride).min(ow);
+    let reach = (kw - 1) * dilation;
+    let interior_end = match iw + pad > reach {
+        true => ((iw + pad - reach - 1) / stride + 1).min(ow),
+        false => 0,
+    }
+    .max(interior_start);
+    for (r, row) in out.chunks_exact_mut(ow).enumerate() {
+        let index = a.first_row + r;
+        let (plane, oy) = (index / oh, index % oh);
+        let channel = plane % g.channels;
+        let (ky0, ky1, iy0) = tap_range(oy, g.strides[0], g.dilations[0], g.pad_before[0], ih, kh);
+        let rows = Rows {
+            image: &a.x[plane * ih * iw..][..ih * iw],
+            iw,
+            iy0,
+            dy: g.dilations[0],
+            ky: (ky0, ky1),
+            taps: &a.w[channel * kh * kw..][..kh * kw],
+            kw,
+            dilation,
+            pad,
+            bias: a.b[channel],
+        };
+        for ox in (0..interior_start).chain(interior_end..ow) {
+            let (kx0, kx1, ix0) = tap_range(ox, stride, dilation, pad, iw, kw);
+            let mut sum = rows.bias;
+            for ky in ky0..ky1 {
+                let input = rows.line(ky);
+                for kx in kx0..kx1 {
+                    let ix = (ix0 + (kx * dilation) as isize) as usize;
+                    sum = madd::<FMA>(input[ix], rows.taps[ky * kw + kx], sum);
+                }
+            }
+            row[ox] = sum;
+        }
+        let (from, to) = (interior_start, interior_end);
+        match (stride, to - from) {
+            (_, 0) => {}
+            (2, n) if n >= 16 => interior::<16, 2, FMA>(&rows, row, from, to),
+            (2, n) if n >= 4 => interior::<4, 2, FMA>(&rows, row, from, to),
+            (2, _) => interior::<1, 2, FMA>(&rows, row, from, to),
+            _ => interior_any::<FMA>(&rows, row, from, to, stride),
+        }
+        let (lo, hi) = a.clamp;
+        for v in row.iter_mut() {
+            *v = v.max(lo).min(hi);
+        }
+    }
+}
+
+/// What the interior of one channel-first output row reads.
+struct Rows<'a> {
+    image: &'a [f32],
+    iw: usize,
+    iy0: isize,
+    dy: usize,
+    ky: (usize, usize),
+    /// This channel's weights, `[KH * KW]`.
+    taps: &'a [f32],
+    kw: usize,
+    dilation: usize,
+    pad: usize,
+    bias: f32,
+}
+
+impl Rows<'_> {
+    #[inline(always)]
+    fn line(&self, ky: usize) -> &[f32] {
+        let iy = (self.iy0 + (ky * self.dy) as isize) as usize;
+        &self.image[iy * self.iw..][..self.iw]
+    }
+}
+
+/// Interior outputs `from..to` (at least `B` of them) in blocks of `B` at stride `S`: the last
+/// block ends at `to`, overlapping the one before it (it writes the same values there).
+#[inline(always)]
+fn interior<const B: usize, const S: usize, const FMA: bool>(
+    rows: &Rows,
+    out: &mut [f32],
+    from: usize,
+    to: usize,
+) {
+    let mut ox = from;
+    while ox < to {
+        ox = ox.min(to - B);
+        let mut acc = [rows.bias; B];
+        for ky in rows.ky.0..rows.ky.1 {
+            let input = rows.line(ky);
+            for kx in 0..rows.kw {
+                let w = rows.taps[ky * rows.kw + kx];
+                let start = ox * S + kx * rows.dilation - rows.pad;
+                let xs = &input[start..][..(B - 1) * S + 1];
+                for i in 0..B {
+                    acc[i] = madd::<FMA>(xs[i * S], w, acc[i]);
+                }
+            }
+        }
+        out[ox..ox + B].copy_from_slice(&acc);
+        ox += B;
+    }
+}
+
+/// Interior outputs at any other stride, one at a time.
+#[inline(always)]
+fn interior_any<const FMA: bool>(
+    rows: &Rows,
+    out: &mut [f32],
+    from: usize,
+    to: usize,
+    stride: usize,
+) {
+    for (ox, o) in out.iter_mut().enumerate().take(to).skip(from) {
+        let mut sum = rows.bias;
+        for ky in rows.ky.0..rows.ky.1 {
+            let input = rows.line(ky);
+            for kx in 0..rows.kw {
+                let x = input[ox * stride + kx * rows.dilation - rows.pad];
+                sum = madd::<FMA>(x, rows.taps[ky * rows.kw + kx], sum);
+            }
+        }
+        *o = sum;
+    }
 }
 
 #[inline(always)]
@@ -710,9 +889,21 @@ mod tests {
         Ok(out[0].try_as_plain_ram()?.as_slice::<f32>()?.to_vec())
     }
 
-    /// veriface's op against tract's own lowering of the same convolution.
+    /// veriface's op against tract's own lowering of the same convolution: run channel-last (as
+    /// in a `conv_nhwc` model), and in the model's layout where the op takes it.
     fn check(case: Case) -> TractResult<()> {
-        let reference = model(&case)?;
+        check_mode(&case, true)?;
+        let keeps_layout = case.dense_inputs.is_none()
+            && matches!(case.format, DataFormat::NCHW)
+            && case.strides[1] >= 2;
+        if keeps_layout {
+            check_mode(&case, false)?;
+        }
+        Ok(())
+    }
+
+    fn check_mode(case: &Case, channels_last: bool) -> TractResult<()> {
+        let reference = model(case)?;
         let input_shape = reference
             .input_fact(0)?
             .shape
@@ -720,8 +911,9 @@ mod tests {
             .unwrap()
             .to_vec();
         let input = Tensor::from_shape(&input_shape, &values(input_shape.iter().product(), 1))?;
-        let mut ours = model(&case)?.into_decluttered()?;
-        assert_eq!(replace(&mut ours)?, 1, "the convolution was not replaced");
+        let mut ours = model(case)?.into_decluttered()?;
+        let replaced = replace(&mut ours, channels_last)?;
+        assert_eq!(replaced, 1, "not replaced (channels last: {channels_last})");
         let ours = ours.into_optimized()?;
         let names: Vec<String> = ours
             .nodes()
@@ -741,7 +933,10 @@ mod tests {
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
         // Sums of at most 27 products of values in [-1, 1): only the order of rounding differs.
-        assert!(worst < 1e-5, "worst difference {worst}");
+        assert!(
+            worst < 1e-5,
+            "worst difference {worst} (channels last: {channels_last})"
+        );
         if case.clamp.is_some() {
             assert!(got.contains(&0.0), "nothing reached the clamp");
         }
@@ -810,5 +1005,26 @@ mod tests {
             padding: PaddingSpec::Valid,
             clamp: None,
         })
+    }
+
+    #[test]
+    fn matches_tract_channel_first_on_wide_rows_at_strides_two_and_three() -> TractResult<()> {
+        // 75 columns: whole 16-output blocks and an overlapping last block at stride 2, the
+        // one-by-one path at stride 3; 5x5 taps with padding, as in BlazeFace and FaceMesh.
+        for stride in [2, 3] {
+            check(Case {
+                format: DataFormat::NCHW,
+                batch: 1,
+                dense_inputs: None,
+                channels: 5,
+                hw: [9, 75],
+                kernel: [5, 5],
+                strides: [stride, stride],
+                dilations: [1, 1],
+                padding: PaddingSpec::Explicit(tvec![1, 2], tvec![2, 1]),
+                clamp: Some((0.0, 6.0)),
+            })?;
+        }
+        Ok(())
     }
 }

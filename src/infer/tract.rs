@@ -96,14 +96,15 @@ fn optimized_plan(
 
 /// Where tract 0.23 has no fast kernel for a node, run veriface's op instead (measured in
 /// `bench --model KEY --profile --tract-ops tract|veriface`, and under qemu by
-/// benches/arm/count.sh): max pooling in the channel-first models; depthwise and few-input
-/// (stem) convolutions in the channel-last ones where tract has no channel-inner depthwise kernel
+/// benches/arm/count.sh): max pooling in the channel-first models, and their depthwise
+/// convolutions of stride 2 (tract vectorises stride 1 itself); in the channel-last models the
+/// depthwise and few-input (stem) convolutions, where tract has no channel-inner depthwise kernel
 /// for this CPU (x86: it has one for aarch64, 1 % fewer instructions than veriface's there).
-/// tract vectorises channel-first depthwise itself, at stride 1.
 fn own_ops(model: &mut TypedModel, channels_last: bool) -> Result<()> {
     super::maxpool::replace(model)?;
-    if channels_last && tract_linalg::routines::depthwise_c_f32().is_none() {
-        super::depthwise::replace(model)?;
+    let channel_inner_kernel = tract_linalg::routines::depthwise_c_f32().is_some();
+    if !(channels_last && channel_inner_kernel) {
+        super::depthwise::replace(model, channels_last)?;
     }
     Ok(())
 }
