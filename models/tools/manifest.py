@@ -29,14 +29,14 @@ DEEPFAKE_TERMS = {
 
 # "tract_channels_last": tract runs the model's float convolutions channel-last (NHWC), chosen
 # by measurement (`veriface bench --model KEY --tract-layout nchw|nhwc`, `--profile` per node).
-# In that layout veriface runs the depthwise convolutions with its own op (src/infer/depthwise.rs:
-# tract 0.23 has no channel-inner depthwise kernel on x86): the f32 EfficientNets went from 28-30
-# ms (NCHW) and 20-22 ms (NHWC, tract's depthwise) to 9-10 ms per inference (p50, x86_64 with
-# AVX-512, one thread), MobileFaceNet from 10.3-10.7 to 7.5-8.3 ms. On aarch64 (qemu -cpu
-# cortex-a72/a76) see README's Performance for the instruction counts. The BlazeFace models,
-# FaceMesh and the eye model ran slower channel-last (their pools and padded residuals add
-# transposes) and mini-Xception no faster, so they stay NCHW; the QDQ and QOperator forms have
-# quantized convolutions, which it leaves alone.
+# In that layout the depthwise convolutions vectorise across channels: veriface's own op on x86
+# (src/infer/depthwise.rs; tract 0.23 has no channel-inner depthwise kernel there), tract's NEON
+# kernel on aarch64. The f32 EfficientNets went from 28-30 ms (NCHW) and 20-22 ms (NHWC with
+# tract's depthwise) to 9-10 ms per inference (x86_64 with AVX-512, one thread), MobileFaceNet
+# from 10.3-10.7 (NCHW) to 7.5-8.3 ms. The BlazeFace models, FaceMesh and the eye model ran
+# slower channel-last (their pools and padded residuals add transposes) and mini-Xception no
+# faster, so they stay NCHW; the QDQ and QOperator forms have quantized convolutions, which it
+# leaves alone. Instruction counts on the boards' cores: README, Performance.
 MODELS = {
     "face_short": {"file": "face_detection_short_range.onnx", "task": "face_detector",
                    "description": "BlazeFace short range: faces within about 2 m (kiosks)",
