@@ -1,15 +1,17 @@
-//! Channel-last depthwise convolution for tract, with its bias and a following clamp (ReLU6)
-//! fused. tract 0.23 has a vectorised channel-inner depthwise kernel on aarch64 only; on x86 its
-//! NHWC depthwise runs a generic loop, half of the frame model's time
-//! (`bench --model deepfake --profile`: 11.0 of 21.8 ms), and its stride-2 NCHW path is scalar.
-//! This op keeps one block of channels in registers across every tap of an output point, and is
-//! compiled three times on x86 (AVX-512, AVX2+FMA, baseline) to pick the widest at load.
+//! Depthwise convolutions for tract, with their bias and a following clamp (ReLU6) fused.
+//! tract 0.23 has a vectorised channel-inner depthwise kernel on aarch64 only: on x86 its NHWC
+//! depthwise ran a generic loop, half of the frame model's time (`bench --model deepfake
+//! --profile`: 11.0 of 21.8 ms). Channel-last, this op keeps a block of channels in registers
+//! over every tap of an output point (two neighbouring points share each weight load).
+//! Channel-first, where tract's stride-2 path is scalar, it builds a channel's output row in
+//! blocks kept in registers over the taps. It is compiled three times on x86 (AVX-512, AVX2+FMA,
+//! baseline) and picks the widest at load.
 //! The same op runs a dense convolution of a narrow input (EfficientNet's RGB stem), which tract
-//! ran as a matrix product, a transpose to channel-last and a separate clamp (1.2 → 0.9 ms).
+//! ran as a matrix product, a transpose to channel-last and a separate clamp (1.2 → 0.8 ms).
 //!
 //! It replaces tract's `Conv` where the convolution is depthwise (one group per channel) or has
-//! at most four input channels, f32, 2-D, with constant weights and a concrete input shape,
-//! before `conv_nhwc` turns the rest of the model channel-last. Anything else stays tract's.
+//! at most four input channels, f32, 2-D, with constant weights and a concrete input shape, on
+//! the decluttered model before `conv_nhwc`. Anything else stays tract's.
 
 use std::sync::Arc;
 
@@ -147,7 +149,7 @@ impl Isa {
     }
 }
 
-/// The geometry of one depthwise convolution over an `[N,] H, W, C` f32 input.
+/// The geometry of one convolution over an f32 input of `batch` images.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Geometry {
     batch: usize,
@@ -270,12 +272,19 @@ impl DirectConv {
         if grouped.len() != taps * per_tap {
             return Ok(None);
         }
-        let mut weights = vec![0f32; taps * per_tap];
-        for o in 0..channels {
-            for i in 0..per_tap / channels {
-                for t in 0..taps {
-                    weights[t * per_tap + i * channels + o] =
-                        grouped[(o * (per_tap / channels) + i) * taps + t];
+        let channels_last = transpose || spec.data_format.c_is_last();
+        if !channels_last && kind != Kind::Depthwise {
+            return Ok(None);
+        }
+        // Channel-first reads one channel's taps together: [C, taps], as `grouped` is.
+        let mut weights = grouped.to_vec();
+        if channels_last {
+            for o in 0..channels {
+                for i in 0..per_tap / channels {
+                    for t in 0..taps {
+                        weights[t * per_tap + i * channels + o] =
+                            grouped[(o * (per_tap / channels) + i) * taps + t];
+                    }
                 }
             }
         }
@@ -285,14 +294,6 @@ impl DirectConv {
             b if b.len() == channels => b.to_vec(),
             _ => return Ok(None),
         };
-        let channels_last = transpose || spec.data_format.c_is_last();
-        if !channels_last && kind != Kind::Depthwise {
-            return Ok(None);
-        }
-        if !channels_last {
-            // Channel-first reads one channel's taps together: [C, taps], as `grouped` is.
-            weights.copy_from_slice(grouped);
-        }
         let [oh, ow] = geometry.output_hw;
         let mut output_shape: TVec<usize> = match channels_last {
             true => tvec![oh, ow, channels],
@@ -326,8 +327,15 @@ impl Op for DirectConv {
     fn info(&self) -> TractResult<Vec<String>> {
         let g = &self.geometry;
         Ok(vec![format!(
-            "{}x{} stride {:?}, {} channels, clamp {:?}, {:?}",
-            g.kernel_hw[0], g.kernel_hw[1], g.strides, g.channels, self.clamp, self.isa
+            "{}x{} stride {:?}, {} -> {} channels {}, clamp {:?}, {:?}",
+            g.kernel_hw[0],
+            g.kernel_hw[1],
+            g.strides,
+            g.input_channels,
+            g.channels,
+            if self.channels_last { "last" } else { "first" },
+            self.clamp,
+            self.isa
         )])
     }
 
@@ -347,33 +355,27 @@ impl EvalOp for DirectConv {
             x.len(),
             g
         );
-        // SAFETY: f32 has no invalid bit patterns, and the kernel below writes every output point of every row, every channel block
-        // (the rows handed out by `par_chunks_mut` cover the tensor), before anything reads it.
-        let mut output = unsafe { Tensor::uninitialized::<f32>(&self.output_shape)? };
-        {
-            let mut view = output.try_as_plain_ram_mut()?;
-            let out = view.as_slice_mut::<f32>()?;
-            // A row: one output row of every channel (channel-last) or of one channel.
-            let row = match self.channels_last {
-                true => g.output_hw[1] * g.channels,
-                false => g.output_hw[1],
+        // A row: one output row of every channel (channel-last) or of one channel.
+        let row = match self.channels_last {
+            true => g.output_hw[1] * g.channels,
+            false => g.output_hw[1],
+        };
+        let fill = |first_row: usize, rows: &mut [f32]| {
+            let args = Args {
+                g,
+                x,
+                w: &self.weights,
+                b: &self.bias,
+                clamp: self.clamp,
+                first_row,
+                kind: self.kind,
+                channels_last: self.channels_last,
             };
-            // Output rows are independent: tract's pool splits them when the engine has threads.
-            tract_linalg::multithread::par_chunks_mut(out, row, x.len(), |first_row, rows| {
-                let args = Args {
-                    g,
-                    x,
-                    w: &self.weights,
-                    b: &self.bias,
-                    clamp: self.clamp,
-                    first_row,
-                    kind: self.kind,
-                    channels_last: self.channels_last,
-                };
-                run(self.isa, &args, rows);
-                Ok(())
-            })?;
-        }
+            run(self.isa, &args, rows)
+        };
+        // SAFETY: `run` writes every value of the rows it is handed (`rows` and `planes` cover
+        // each row point by point, or edges and interior).
+        let output = unsafe { fill_rows(&self.output_shape, row, x.len(), fill)? };
         Ok(tvec!(output.into_tvalue()))
     }
 }
@@ -408,7 +410,8 @@ struct Args<'a> {
     w: &'a [f32],
     b: &'a [f32],
     clamp: (f32, f32),
-    /// Index (over batch × output rows) of the first row of the output slice handed over.
+    /// Index (over batch × output rows, channel-first over batch × channels × output rows) of
+    /// the first row of the output slice handed over.
     first_row: usize,
     kind: Kind,
     channels_last: bool,
@@ -436,6 +439,33 @@ unsafe fn run_avx512(args: &Args, out: &mut [f32]) {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn run_avx2(args: &Args, out: &mut [f32]) {
     layout::<true>(args, out)
+}
+
+/// A new f32 tensor of `shape` whose rows of `row` values `fill(first row, rows)` writes, the
+/// rows split across tract's pool when the engine has threads (they are independent). `work`:
+/// the values read, for the pool's threshold. The tensor starts uninitialised: zeroing it cost
+/// the frame model 0.2 ms.
+///
+/// # Safety
+/// `fill` must write every value of the rows it is handed.
+pub(super) unsafe fn fill_rows(
+    shape: &[usize],
+    row: usize,
+    work: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync + Send,
+) -> TractResult<Tensor> {
+    // SAFETY: f32 has no invalid bit patterns, and the caller writes every value before the
+    // tensor is returned to be read.
+    let mut output = unsafe { Tensor::uninitialized::<f32>(shape)? };
+    {
+        let mut view = output.try_as_plain_ram_mut()?;
+        let out = view.as_slice_mut::<f32>()?;
+        tract_linalg::multithread::par_chunks_mut(out, row, work, |first_row, rows| {
+            fill(first_row, rows);
+            Ok(())
+        })?;
+    }
+    Ok(output)
 }
 
 /// The taps of one axis that land inside the input for output position `o`: (first, end, and
