@@ -147,6 +147,22 @@ impl Isa {
         }
         Isa::Baseline
     }
+
+    /// Every copy this CPU can run: the tests run each.
+    #[cfg(test)]
+    pub(super) fn available() -> Vec<Isa> {
+        let mut copies = vec![Isa::Baseline];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                copies.push(Isa::Avx2Fma);
+            }
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+                copies.push(Isa::Avx512);
+            }
+        }
+        copies
+    }
 }
 
 /// The geometry of one convolution over an f32 input of `batch` images.
@@ -944,31 +960,41 @@ mod tests {
         let mut ours = model(case)?.into_decluttered()?;
         let replaced = replace(&mut ours, channels_last)?;
         assert_eq!(replaced, 1, "not replaced (channels last: {channels_last})");
-        let ours = ours.into_optimized()?;
-        let names: Vec<String> = ours
-            .nodes()
-            .iter()
-            .map(|n| n.op.name().to_string())
-            .collect();
-        assert!(
-            !names.iter().any(|n| n.contains("Max") || n.contains("Min")),
-            "the clamp was not fused: {names:?}"
-        );
         let expected = run(reference.into_optimized()?, &input)?;
-        let got = run(ours, &input)?;
-        assert_eq!(expected.len(), got.len());
-        let worst = expected
-            .iter()
-            .zip(&got)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        // Sums of at most 27 products of values in [-1, 1): only the order of rounding differs.
-        assert!(
-            worst < 1e-5,
-            "worst difference {worst} (channels last: {channels_last})"
-        );
-        if case.clamp.is_some() {
-            assert!(got.contains(&0.0), "nothing reached the clamp");
+        // Each compiled copy of the kernels this CPU runs (baseline, AVX2+FMA, AVX-512).
+        for isa in Isa::available() {
+            let mut copy = ours.clone();
+            for node in copy.nodes_mut() {
+                if let Some(op) = node.op_as_mut::<DirectConv>() {
+                    op.isa = isa;
+                }
+            }
+            let copy = copy.into_optimized()?;
+            let names: Vec<String> = copy
+                .nodes()
+                .iter()
+                .map(|n| n.op.name().to_string())
+                .collect();
+            assert!(
+                !names.iter().any(|n| n.contains("Max") || n.contains("Min")),
+                "the clamp was not fused: {names:?}"
+            );
+            let got = run(copy, &input)?;
+            assert_eq!(expected.len(), got.len());
+            let worst = expected
+                .iter()
+                .zip(&got)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            // Sums of at most 27 products of values in [-1, 1): only the order of rounding
+            // differs.
+            assert!(
+                worst < 1e-5,
+                "worst difference {worst} (channels last: {channels_last}, {isa:?})"
+            );
+            if case.clamp.is_some() {
+                assert!(got.contains(&0.0), "nothing reached the clamp");
+            }
         }
         Ok(())
     }

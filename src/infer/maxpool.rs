@@ -303,7 +303,6 @@ mod tests {
         let reference = pool_model(shape, kernel, stride, padding.clone())?.into_optimized()?;
         let mut ours = pool_model(shape, kernel, stride, padding)?.into_decluttered()?;
         assert_eq!(replace(&mut ours)?, 1, "the pool was not replaced");
-        let ours = ours.into_optimized()?;
         let run = |m: TypedModel| -> TractResult<Tensor> {
             Ok(
                 m.into_runnable()?.run(tvec!(input.clone().into_tvalue()))?[0]
@@ -311,14 +310,24 @@ mod tests {
                     .into_tensor(),
             )
         };
-        let (expected, got) = (run(reference)?, run(ours)?);
-        assert_eq!(expected.shape(), got.shape());
-        let (e, g) = (expected.try_as_plain_ram()?, got.try_as_plain_ram()?);
-        assert_eq!(
-            e.as_slice::<f32>()?,
-            g.as_slice::<f32>()?,
-            "{shape:?} k{kernel} s{stride}"
-        );
+        let expected = run(reference)?;
+        // Each compiled copy of the kernel this CPU runs (baseline, AVX2, AVX-512).
+        for isa in Isa::available() {
+            let mut copy = ours.clone();
+            for node in copy.nodes_mut() {
+                if let Some(op) = node.op_as_mut::<RowMaxPool>() {
+                    op.isa = isa;
+                }
+            }
+            let got = run(copy.into_optimized()?)?;
+            assert_eq!(expected.shape(), got.shape());
+            let (e, g) = (expected.try_as_plain_ram()?, got.try_as_plain_ram()?);
+            assert_eq!(
+                e.as_slice::<f32>()?,
+                g.as_slice::<f32>()?,
+                "{shape:?} k{kernel} s{stride} {isa:?}"
+            );
+        }
         Ok(())
     }
 
