@@ -345,7 +345,7 @@ pub(crate) struct BenchArgs {
     /// With --model: the convolution layout tract runs it in (default: the manifest's choice)
     #[arg(long, value_enum, requires = "model")]
     pub(crate) tract_layout: Option<TractLayout>,
-    /// With --model: whose depthwise-convolution and max-pool ops tract runs (default: the
+    /// With --model: whose depthwise/stem convolution and max-pool ops tract runs (default: the
     /// manifest's choice, veriface's unless a model says otherwise)
     #[arg(long, value_enum, requires = "model")]
     pub(crate) tract_ops: Option<TractOps>,
@@ -363,7 +363,7 @@ pub(crate) struct BenchArgs {
 pub(crate) enum TractOps {
     /// tract's own lowering of every node
     Tract,
-    /// veriface's channel-last depthwise convolution and channel-first max pool where they apply
+    /// veriface's depthwise and RGB-stem convolutions and max pool where they apply
     Veriface,
 }
 

@@ -20,6 +20,8 @@ use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::Conv;
 use tract_onnx::tract_core::ops::math;
 
+use super::kernels::{fill_rows, tap_range, Isa};
+
 /// Replace every eligible depthwise or few-input `Conv` of a decluttered model (and the clamp
 /// that follows it, when it is the conv's only consumer); returns how many were replaced.
 /// `channels_last`: the model is about to run channel-last (`conv_nhwc`), so a channel-first
@@ -124,47 +126,6 @@ fn scalar_const(model: &TypedModel, outlet: OutletId) -> Option<f32> {
         .map(|s| s[0])
 }
 
-/// Which compiled copy of the kernel runs: the widest this CPU has, chosen at load.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(super) enum Isa {
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-    #[cfg(target_arch = "x86_64")]
-    Avx2Fma,
-    Baseline,
-}
-
-impl Isa {
-    pub(super) fn detect() -> Isa {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-                return Isa::Avx512;
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Isa::Avx2Fma;
-            }
-        }
-        Isa::Baseline
-    }
-
-    /// Every copy this CPU can run: the tests run each.
-    #[cfg(test)]
-    pub(super) fn available() -> Vec<Isa> {
-        let mut copies = vec![Isa::Baseline];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                copies.push(Isa::Avx2Fma);
-            }
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-                copies.push(Isa::Avx512);
-            }
-        }
-        copies
-    }
-}
-
 /// The geometry of one convolution over an f32 input of `batch` images.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Geometry {
@@ -211,12 +172,15 @@ pub(super) struct DirectConv {
 
 impl PartialEq for DirectConv {
     fn eq(&self, other: &Self) -> bool {
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        // By bit pattern, so that the equality is reflexive (NaN weights included).
+        let same = |a: &[f32], b: &[f32]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+        };
         self.kind == other.kind
             && self.channels_last == other.channels_last
             && self.geometry == other.geometry
-            && bits(&self.weights) == bits(&other.weights)
-            && bits(&self.bias) == bits(&other.bias)
+            && same(&self.weights, &other.weights)
+            && same(&self.bias, &other.bias)
             && self.clamp.0.to_bits() == other.clamp.0.to_bits()
             && self.clamp.1.to_bits() == other.clamp.1.to_bits()
             && self.isa == other.isa
@@ -457,57 +421,6 @@ unsafe fn run_avx2(args: &Args, out: &mut [f32]) {
     layout::<true>(args, out)
 }
 
-/// A new f32 tensor of `shape` whose rows of `row` values `fill(first row, rows)` writes, the
-/// rows split across tract's pool when the engine has threads (they are independent). `work`:
-/// the values read, for the pool's threshold. The tensor starts uninitialised: zeroing it cost
-/// the frame model 0.2 ms.
-///
-/// # Safety
-/// `fill` must write every value of the rows it is handed.
-pub(super) unsafe fn fill_rows(
-    shape: &[usize],
-    row: usize,
-    work: usize,
-    fill: impl Fn(usize, &mut [f32]) + Sync + Send,
-) -> TractResult<Tensor> {
-    // SAFETY: f32 has no invalid bit patterns, and the caller writes every value before the
-    // tensor is returned to be read.
-    let mut output = unsafe { Tensor::uninitialized::<f32>(shape)? };
-    {
-        let mut view = output.try_as_plain_ram_mut()?;
-        let out = view.as_slice_mut::<f32>()?;
-        tract_linalg::multithread::par_chunks_mut(out, row, work, |first_row, rows| {
-            fill(first_row, rows);
-            Ok(())
-        })?;
-    }
-    Ok(output)
-}
-
-/// The taps of one axis that land inside the input for output position `o`: (first, end, and
-/// the input position of tap 0, possibly negative).
-#[inline(always)]
-pub(super) fn tap_range(
-    o: usize,
-    stride: usize,
-    dilation: usize,
-    pad: usize,
-    size: usize,
-    taps: usize,
-) -> (usize, usize, isize) {
-    let origin = (o * stride) as isize - pad as isize;
-    let d = dilation as isize;
-    let mut first = 0;
-    while first < taps && origin + first as isize * d < 0 {
-        first += 1;
-    }
-    let mut end = taps;
-    while end > first && origin + (end as isize - 1) * d >= size as isize {
-        end -= 1;
-    }
-    (first, end, origin)
-}
-
 #[inline(always)]
 fn layout<const FMA: bool>(a: &Args, out: &mut [f32]) {
     match a.channels_last {
@@ -679,8 +592,9 @@ fn rows<const FMA: bool>(a: &Args, out: &mut [f32]) {
                 ky: (ky0, ky1, iy0, g.dilations[0]),
                 kx: (kx0, kx1, ix0, g.dilations[1]),
             };
-            // Blocks of 64, 16, 4 and 1 channels. A macro, not a closure: a closure does not
-            // get the target features of the function it is written in.
+            // Blocks of 64, 16, 4 and 1 channels. A macro, not a closure: dispatched through a
+            // closure the kernels ran 30x slower (a closure does not get the target features of
+            // the function it is written in).
             macro_rules! blocks {
                 ($block:ident, $($out:ident),+) => {{
                     let mut c0 = 0;
@@ -697,21 +611,20 @@ fn rows<const FMA: bool>(a: &Args, out: &mut [f32]) {
                     }
                 }};
             }
-            // Two neighbours with the same taps share each weight load.
-            let next_taps = match ox + 1 < ow {
-                true => tap_range(
+            // Two neighbours with the same taps share each weight load (pairing the few-input
+            // kind measured no faster).
+            let paired = a.kind == Kind::Depthwise && ox + 1 < ow && {
+                let next = tap_range(
                     ox + 1,
                     g.strides[1],
                     g.dilations[1],
                     g.pad_before[1],
                     iw,
                     kw,
-                ),
-                false => (0, 0, 0),
+                );
+                (next.0, next.1) == (kx0, kx1)
             };
-            // (Pairing the few-input kind measured no faster.)
-            if a.kind == Kind::Depthwise && ox + 1 < ow && (next_taps.0, next_taps.1) == (kx0, kx1)
-            {
+            if paired {
                 let (first, second) = row[ox * c..][..2 * c].split_at_mut(c);
                 blocks!(pair_block, first, second);
                 ox += 2;

@@ -13,7 +13,7 @@
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::MaxPool;
 
-use super::depthwise::{fill_rows, tap_range, Isa};
+use super::kernels::{fill_rows, tap_range, Isa};
 
 /// Replace every eligible `MaxPool` of a decluttered model; returns how many were replaced.
 pub(super) fn replace(model: &mut TypedModel) -> TractResult<usize> {

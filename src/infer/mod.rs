@@ -2,6 +2,7 @@
 
 pub mod accel;
 mod depthwise;
+mod kernels;
 mod maxpool;
 #[cfg(feature = "tensorrt")]
 pub mod ort;

@@ -109,9 +109,9 @@ fn own_ops(model: &mut TypedModel, channels_last: bool) -> Result<()> {
     Ok(())
 }
 
-/// Rewrite every float convolution to run channel-last, with one transpose at the input: tract's
-/// depthwise kernel only vectorises across channels in that layout. Decluttering afterwards
-/// cancels the transposes between consecutive convolutions.
+/// Rewrite every float convolution to run channel-last, with one transpose at the input: the
+/// depthwise kernels (veriface's on x86, tract's on aarch64) vectorise across channels in that
+/// layout. Decluttering afterwards cancels the transposes between consecutive convolutions.
 fn channels_last(model: &mut TypedModel) -> Result<()> {
     let rewrite = tract_onnx::tract_core::transform::get_transform("conv_nhwc")?
         .ok_or_else(|| anyhow!("this tract build has no conv_nhwc transform"))?;
