@@ -77,7 +77,7 @@ pub fn one_model(
 pub struct TractChoice {
     /// Convolutions channel-last (`tract_channels_last`).
     pub channels_last: Option<bool>,
-    /// veriface's depthwise and max-pool ops in place of tract's (`tract_own_ops`).
+    /// veriface's depthwise, pointwise and max-pool ops in place of tract's (`tract_own_ops`).
     pub own_ops: Option<bool>,
 }
 
@@ -132,7 +132,7 @@ pub fn profile_model(
         false => "NCHW",
     };
     let ops_from = match spec.tract_own_ops {
-        true => "veriface's depthwise and max-pool ops",
+        true => "veriface's depthwise, pointwise and max-pool ops",
         false => "tract's ops only",
     };
     if json {

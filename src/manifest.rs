@@ -72,8 +72,9 @@ pub struct ModelSpec {
     /// (see models/tools/manifest.py). Other backends pick their own layout and ignore it.
     #[serde(default)]
     pub tract_channels_last: bool,
-    /// tract runs veriface's depthwise/stem convolution and max-pool ops (src/infer/depthwise.rs,
-    /// maxpool.rs) where they apply instead of its own; `false` keeps tract's, for comparison.
+    /// tract runs veriface's depthwise/stem convolution, pointwise convolution and max-pool ops
+    /// (src/infer/depthwise.rs, pointwise.rs, maxpool.rs) where they apply instead of its own;
+    /// `false` keeps tract's, for comparison.
     #[serde(default = "own_ops_by_default")]
     pub tract_own_ops: bool,
     /// For a frame deepfake model: the operating threshold on its fake probability, chosen on

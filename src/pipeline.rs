@@ -343,7 +343,7 @@ impl ProbabilityHistory {
         self.sum += f64::from(p);
         self.count += 1;
         let stride = self.stride.max(1);
-        if (self.count - 1) % stride == 0 {
+        if (self.count - 1).is_multiple_of(stride) {
             self.sample.push(p);
         }
         if self.sample.len() >= PROBABILITY_SAMPLE {
@@ -445,7 +445,7 @@ impl Stream<'_> {
     pub fn process(&mut self, tf: &TimedFrame) -> Result<FrameResult> {
         let engine = self.engine;
         let schedule = &self.schedule;
-        let tracked = if self.frames % schedule.detect_every as u64 == 0 {
+        let tracked = if self.frames.is_multiple_of(schedule.detect_every as u64) {
             let t = Instant::now();
             let detections = engine.detector.detect(&tf.frame)?;
             self.timings.detect += t.elapsed();

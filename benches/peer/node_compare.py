@@ -31,10 +31,11 @@ KINDS = ["depthwise conv", "other conv / matmul", "element-wise", "pooling / red
 
 TRACT_KIND = {
     "DepthWiseConv": "depthwise conv",
-    # veriface's own ops (src/infer/depthwise.rs, maxpool.rs); the few-input convolution is the
-    # RGB stem, a convolution like the matrix products it replaced.
+    # veriface's own ops (src/infer/depthwise.rs, pointwise.rs, maxpool.rs); the few-input
+    # convolution is the RGB stem, a convolution like the matrix products it replaced.
     "VerifaceDepthwiseNhwc": "depthwise conv", "VerifaceDepthwiseNchw": "depthwise conv",
-    "VerifaceFewInputConvNhwc": "other conv / matmul", "VerifaceMaxPool": "pooling / reduce",
+    "VerifaceFewInputConvNhwc": "other conv / matmul", "VerifacePointwiseNhwc": "other conv / matmul",
+    "VerifaceMaxPool": "pooling / reduce",
     "OptMatMul": "other conv / matmul", "OptMatMulPack": "other conv / matmul",
     "LazyIm2col": "other conv / matmul", "Im2col": "other conv / matmul",
     "OptMaxPool": "pooling / reduce", "OptSumPool": "pooling / reduce", "Reduce<Sum>": "pooling / reduce",

@@ -345,8 +345,8 @@ pub(crate) struct BenchArgs {
     /// With --model: the convolution layout tract runs it in (default: the manifest's choice)
     #[arg(long, value_enum, requires = "model")]
     pub(crate) tract_layout: Option<TractLayout>,
-    /// With --model: whose depthwise/stem convolution and max-pool ops tract runs (default: the
-    /// manifest's choice, veriface's unless a model says otherwise)
+    /// With --model: whose depthwise/stem/pointwise convolution and max-pool ops tract runs
+    /// (default: the manifest's choice, veriface's unless a model says otherwise)
     #[arg(long, value_enum, requires = "model")]
     pub(crate) tract_ops: Option<TractOps>,
     /// With --model: time every node of the model under tract (per operator type, then the
@@ -363,7 +363,8 @@ pub(crate) struct BenchArgs {
 pub(crate) enum TractOps {
     /// tract's own lowering of every node
     Tract,
-    /// veriface's depthwise and RGB-stem convolutions and max pool where they apply
+    /// veriface's depthwise, RGB-stem and (channel-last, x86) pointwise convolutions and max
+    /// pool where they apply
     Veriface,
 }
 

@@ -112,7 +112,7 @@ fn absorb_clamps(
 }
 
 /// The value of a constant that holds one f32 (of any rank), if `outlet` is one.
-fn scalar_const(model: &TypedModel, outlet: OutletId) -> Option<f32> {
+pub(super) fn scalar_const(model: &TypedModel, outlet: OutletId) -> Option<f32> {
     let fact = model.outlet_fact(outlet).ok()?;
     let konst = fact.konst.as_ref()?;
     if konst.len() != 1 || konst.datum_type() != f32::datum_type() {

@@ -31,6 +31,7 @@ impl Isa {
     /// Every copy this CPU can run: the tests run each.
     #[cfg(test)]
     pub(super) fn available() -> Vec<Isa> {
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut copies = vec![Isa::Baseline];
         #[cfg(target_arch = "x86_64")]
         {

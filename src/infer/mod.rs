@@ -6,6 +6,8 @@ mod kernels;
 mod maxpool;
 #[cfg(feature = "tensorrt")]
 pub mod ort;
+#[cfg(target_arch = "x86_64")]
+mod pointwise;
 mod prelu;
 pub mod tract;
 

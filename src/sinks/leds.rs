@@ -150,7 +150,7 @@ impl Pattern {
     }
 
     pub fn lights(&self, now_ms: u64) -> Lights {
-        let blink_on = (now_ms / BLINK_MS) % 2 == 0;
+        let blink_on = (now_ms / BLINK_MS).is_multiple_of(2);
         let beep = now_ms < self.beep_until;
         match self.session {
             Some(SessionLights::Verifying) => {

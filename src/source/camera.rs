@@ -234,7 +234,10 @@ pub fn fourcc_str(f: [u8; 4]) -> String {
 
 /// YUYV 4:2:2 (BT.601 limited range, what UVC webcams send) to RGB.
 pub fn yuyv_to_rgb(data: &[u8], width: usize, height: usize, stride: usize) -> Option<Frame> {
-    if width % 2 != 0 || stride < width * 2 || data.len() < stride * (height - 1) + width * 2 {
+    if !width.is_multiple_of(2)
+        || stride < width * 2
+        || data.len() < stride * (height - 1) + width * 2
+    {
         return None;
     }
     let mut rgb = vec![0u8; width * height * 3];
