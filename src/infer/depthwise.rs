@@ -20,7 +20,7 @@ use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::Conv;
 use tract_onnx::tract_core::ops::math;
 
-use super::kernels::{fill_rows, tap_range, Isa};
+use super::kernels::{fill_rows, prelu, scalar_const, tap_range, Isa};
 
 /// Replace every eligible depthwise or few-input `Conv` of a decluttered model (and the clamp
 /// that follows it, when it is the conv's only consumer); returns how many were replaced.
@@ -46,7 +46,7 @@ pub(super) fn replace(model: &mut TypedModel, channels_last: bool) -> TractResul
         let x_shape = model.outlet_fact(node.inputs[0])?.shape.to_tvec();
         let x_shape = conv.pool_spec.data_format.shape(x_shape)?;
         let (c_axis, last_axis) = (x_shape.c_axis(), x_shape.hw_axes().end);
-        let (op, last) = absorb_clamps(model, id, op)?;
+        let (op, last) = absorb_clamps(model, id, c_axis, op)?;
         let mut patch = TypedModelPatch::new("veriface-depthwise");
         let mut wire = patch.tap_model(model, node.inputs[0])?;
         if transpose {
@@ -68,11 +68,13 @@ pub(super) fn replace(model: &mut TypedModel, channels_last: bool) -> TractResul
     Ok(replaced)
 }
 
-/// Follow the conv's output through single-consumer `max(x, a)` / `min(x, b)` nodes against a
-/// scalar constant, folding them into the op's clamp. Returns the op and the last node it covers.
+/// Follow the conv's output through a PReLU (channel-last only) and single-consumer
+/// `max(x, a)` / `min(x, b)` nodes against a scalar constant, folding them into the op's
+/// slopes and clamp. Returns the op and the last node it covers.
 fn absorb_clamps(
     model: &TypedModel,
     conv: usize,
+    c_axis: usize,
     mut op: DirectConv,
 ) -> TractResult<(DirectConv, usize)> {
     let mut last = conv;
@@ -80,6 +82,14 @@ fn absorb_clamps(
         let outlet = OutletId::new(last, 0);
         if model.outputs.contains(&outlet) {
             break;
+        }
+        let unclamped = op.clamp == (f32::NEG_INFINITY, f32::INFINITY);
+        if op.channels_last && op.slopes.is_none() && unclamped {
+            if let Some((slopes, end)) = prelu(model, outlet, c_axis, op.geometry.channels)? {
+                op.slopes = Some(Arc::new(slopes));
+                last = end;
+                continue;
+            }
         }
         let succ = &model.node(last).outputs[0].successors;
         if succ.len() != 1 {
@@ -109,21 +119,6 @@ fn absorb_clamps(
         last = next.id;
     }
     Ok((op, last))
-}
-
-/// The value of a constant that holds one f32 (of any rank), if `outlet` is one.
-pub(super) fn scalar_const(model: &TypedModel, outlet: OutletId) -> Option<f32> {
-    let fact = model.outlet_fact(outlet).ok()?;
-    let konst = fact.konst.as_ref()?;
-    if konst.len() != 1 || konst.datum_type() != f32::datum_type() {
-        return None;
-    }
-    konst
-        .try_as_plain_ram()
-        .ok()?
-        .as_slice::<f32>()
-        .ok()
-        .map(|s| s[0])
 }
 
 /// The geometry of one convolution over an f32 input of `batch` images.
@@ -164,6 +159,9 @@ pub(super) struct DirectConv {
     /// In the layout `kind` says.
     weights: Arc<Vec<f32>>,
     bias: Arc<Vec<f32>>,
+    /// A fused PReLU's slope per output channel (channel-last only): `max(y, 0) + s·min(y, 0)`,
+    /// before the clamp.
+    slopes: Option<Arc<Vec<f32>>>,
     /// Applied to every output: `min(max(y, lo), hi)`; (-inf, inf) when nothing was fused.
     clamp: (f32, f32),
     output_shape: TVec<usize>,
@@ -181,6 +179,10 @@ impl PartialEq for DirectConv {
             && self.geometry == other.geometry
             && same(&self.weights, &other.weights)
             && same(&self.bias, &other.bias)
+            && match (&self.slopes, &other.slopes) {
+                (Some(a), Some(b)) => same(a, b),
+                (a, b) => a.is_none() && b.is_none(),
+            }
             && self.clamp.0.to_bits() == other.clamp.0.to_bits()
             && self.clamp.1.to_bits() == other.clamp.1.to_bits()
             && self.isa == other.isa
@@ -288,6 +290,7 @@ impl DirectConv {
             geometry,
             weights: Arc::new(weights),
             bias: Arc::new(bias),
+            slopes: None,
             clamp: (f32::NEG_INFINITY, f32::INFINITY),
             output_shape,
             isa: Isa::detect(),
@@ -307,13 +310,14 @@ impl Op for DirectConv {
     fn info(&self) -> TractResult<Vec<String>> {
         let g = &self.geometry;
         Ok(vec![format!(
-            "{}x{} stride {:?}, {} -> {} channels {}, clamp {:?}, {:?}",
+            "{}x{} stride {:?}, {} -> {} channels {}, PReLU {}, clamp {:?}, {:?}",
             g.kernel_hw[0],
             g.kernel_hw[1],
             g.strides,
             g.input_channels,
             g.channels,
             if self.channels_last { "last" } else { "first" },
+            self.slopes.is_some(),
             self.clamp,
             self.isa
         )])
@@ -346,6 +350,7 @@ impl EvalOp for DirectConv {
                 x,
                 w: &self.weights,
                 b: &self.bias,
+                slopes: self.slopes.as_ref().map(|s| s.as_slice()),
                 clamp: self.clamp,
                 first_row,
                 kind: self.kind,
@@ -389,6 +394,8 @@ struct Args<'a> {
     x: &'a [f32],
     w: &'a [f32],
     b: &'a [f32],
+    /// Channel-last only.
+    slopes: Option<&'a [f32]>,
     clamp: (f32, f32),
     /// Index (over batch × output rows, channel-first over batch × channels × output rows) of
     /// the first row of the output slice handed over.
@@ -675,10 +682,7 @@ fn block<const B: usize, const FMA: bool>(a: &Args, p: &Point, c0: usize, out: &
             }
         }
     }
-    let (lo, hi) = a.clamp;
-    for i in 0..B {
-        out[i] = acc[i].max(lo).min(hi);
-    }
+    finish(a, c0, &acc, out);
 }
 
 /// `B` channels from `c0` of two horizontally adjacent output points with the same taps: each
@@ -712,11 +716,8 @@ fn pair_block<const B: usize, const FMA: bool>(
             }
         }
     }
-    let (lo, hi) = a.clamp;
-    for i in 0..B {
-        first[i] = acc0[i].max(lo).min(hi);
-        second[i] = acc1[i].max(lo).min(hi);
-    }
+    finish(a, c0, &acc0, first);
+    finish(a, c0, &acc1, second);
 }
 
 /// `B` output channels from `c0` of one output point of a few-input convolution: every input
@@ -746,9 +747,27 @@ fn few_inputs_block<const B: usize, const FMA: bool>(
             }
         }
     }
+    finish(a, c0, &acc, out);
+}
+
+/// A channel-last block's outputs: PReLU (if fused), then the clamp.
+#[inline(always)]
+fn finish<const B: usize>(a: &Args, c0: usize, acc: &[f32; B], out: &mut [f32]) {
     let (lo, hi) = a.clamp;
-    for i in 0..B {
-        out[i] = acc[i].max(lo).min(hi);
+    match a.slopes {
+        Some(slopes) => {
+            let s: &[f32; B] = slopes[c0..c0 + B].try_into().unwrap();
+            for i in 0..B {
+                // A select, not max + min: it vectorises to a compare and a blend.
+                let y = if acc[i] > 0.0 { acc[i] } else { s[i] * acc[i] };
+                out[i] = y.max(lo).min(hi);
+            }
+        }
+        None => {
+            for i in 0..B {
+                out[i] = acc[i].max(lo).min(hi);
+            }
+        }
     }
 }
 
@@ -793,6 +812,8 @@ mod tests {
         strides: [usize; 2],
         dilations: [usize; 2],
         padding: PaddingSpec,
+        /// PReLU slopes per channel (channel-last runs fuse it).
+        prelu: Option<Vec<f32>>,
         clamp: Option<(f32, f32)>,
     }
 
@@ -831,6 +852,9 @@ mod tests {
             q_params: None,
         };
         let mut y = model.wire_node("conv", conv, &[x, k, b])?[0];
+        if let Some(slopes) = &case.prelu {
+            y = crate::infer::prelu::wire_for_test(&mut model, y, case.format, slopes, true)?;
+        }
         if let Some((lo, hi)) = case.clamp {
             let lo = model.add_const("lo", tensor4(&[[[[lo]]]]))?;
             let hi = model.add_const("hi", tensor4(&[[[[hi]]]]))?;
@@ -852,7 +876,8 @@ mod tests {
     /// in a `conv_nhwc` model), and in the model's layout where the op takes it.
     fn check(case: Case) -> TractResult<()> {
         check_mode(&case, true)?;
-        let keeps_layout = case.dense_inputs.is_none()
+        let keeps_layout = case.prelu.is_none()
+            && case.dense_inputs.is_none()
             && matches!(case.format, DataFormat::NCHW)
             && case.strides[1] >= 2;
         if keeps_layout {
@@ -889,8 +914,10 @@ mod tests {
                 .map(|n| n.op.name().to_string())
                 .collect();
             assert!(
-                !names.iter().any(|n| n.contains("Max") || n.contains("Min")),
-                "the clamp was not fused: {names:?}"
+                !names
+                    .iter()
+                    .any(|n| n.contains("Max") || n.contains("Min") || n.contains("Mul")),
+                "the clamp or PReLU was not fused: {names:?}"
             );
             let got = run(copy, &input)?;
             assert_eq!(expected.len(), got.len());
@@ -925,13 +952,15 @@ mod tests {
             strides: [2, 2],
             dilations: [1, 1],
             padding: PaddingSpec::Explicit(tvec![1, 2], tvec![2, 1]),
+            prelu: None,
             clamp: Some((0.0, 0.5)),
         })
     }
 
     #[test]
-    fn matches_tract_channel_last_with_same_padding_and_dilation() -> TractResult<()> {
-        // 70 channels: a 64-block, then a 4-block and two single channels.
+    fn matches_tract_channel_last_with_same_padding_dilation_and_prelu() -> TractResult<()> {
+        // 70 channels: a 64-block, then a 4-block and two single channels; PReLU slopes on both
+        // sides of 1, fused.
         check(Case {
             format: DataFormat::NHWC,
             batch: 1,
@@ -942,6 +971,7 @@ mod tests {
             strides: [1, 1],
             dilations: [2, 1],
             padding: PaddingSpec::SameUpper,
+            prelu: Some(values(70, 5).iter().map(|v| v * 1.5).collect()),
             clamp: None,
         })
     }
@@ -960,6 +990,7 @@ mod tests {
             strides: [2, 2],
             dilations: [1, 1],
             padding: PaddingSpec::Explicit(tvec![0, 0], tvec![1, 1]),
+            prelu: None,
             clamp: Some((0.0, 0.5)),
         })?;
         check(Case {
@@ -972,6 +1003,7 @@ mod tests {
             strides: [1, 1],
             dilations: [1, 1],
             padding: PaddingSpec::Valid,
+            prelu: None,
             clamp: None,
         })
     }
@@ -991,6 +1023,7 @@ mod tests {
                 strides: [stride, stride],
                 dilations: [1, 1],
                 padding: PaddingSpec::Explicit(tvec![1, 2], tvec![2, 1]),
+                prelu: None,
                 clamp: Some((0.0, 6.0)),
             })?;
         }

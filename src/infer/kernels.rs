@@ -1,8 +1,11 @@
-//! What veriface's own tract ops (`depthwise`, `maxpool`) share: the choice of compiled kernel
-//! copy, the taps of a window that land inside the input, and an output tensor filled row by
-//! row across tract's thread pool.
+//! What veriface's own tract ops (`depthwise`, `pointwise`, `maxpool`) share: the choice of
+//! compiled kernel copy, the taps of a window that land inside the input, an output tensor
+//! filled row by row across tract's thread pool, and the graph patterns they fuse (scalar
+//! clamp bounds, PReLU).
 
 use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::math;
 
 /// Which compiled copy of the kernel runs: the widest this CPU has, chosen at load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -95,4 +98,130 @@ pub(super) fn tap_range(
         end -= 1;
     }
     (first, end, origin)
+}
+
+/// The value of a constant that holds one f32 (of any rank), if `outlet` is one.
+pub(super) fn scalar_const(model: &TypedModel, outlet: OutletId) -> Option<f32> {
+    let fact = model.outlet_fact(outlet).ok()?;
+    let konst = fact.konst.as_ref()?;
+    if konst.len() != 1 || konst.datum_type() != f32::datum_type() {
+        return None;
+    }
+    konst
+        .try_as_plain_ram()
+        .ok()?
+        .as_slice::<f32>()
+        .ok()
+        .map(|s| s[0])
+}
+
+/// The nodes `prelu.rs` wires for a PReLU of `x`, if `x` feeds exactly those and the slopes are
+/// constant now: `max(x, x·s)` (every s ≤ 1), `min(x, x·s)` (every s ≥ 1), `x + min(x, 0)·(s -
+/// 1)` (a mix) or `max(x, 0) + min(x, 0)·s` (slopes unknown when it was wired). Each computes
+/// `max(x, 0) + s·min(x, 0)`. Returns one slope per channel and the last node.
+pub(super) fn prelu(
+    model: &TypedModel,
+    x: OutletId,
+    c_axis: usize,
+    channels: usize,
+) -> TractResult<Option<(Vec<f32>, usize)>> {
+    let succ = &model.outlet_successors(x);
+    let rank = model.outlet_fact(x)?.rank();
+    if succ.len() != 2 {
+        return Ok(None);
+    }
+    let bin = |id: usize| model.node(id).op_as::<TypedBinOp>().map(|b| &b.0);
+    let other = |id: usize, than: OutletId| {
+        let inputs = &model.node(id).inputs;
+        (inputs.len() == 2 && inputs.contains(&than))
+            .then(|| inputs.iter().find(|i| **i != than).copied())
+            .flatten()
+    };
+    let only_into = |id: usize, into: usize| {
+        let s = model.outlet_successors(OutletId::new(id, 0));
+        s.len() == 1 && s[0].node == into
+    };
+    for (a, b) in [(succ[0].node, succ[1].node), (succ[1].node, succ[0].node)] {
+        let (Some(first), Some(second)) = (bin(a), bin(b)) else {
+            continue;
+        };
+        // x·s, then max/min(x, x·s).
+        if first.is::<math::Mul>()
+            && (second.is::<math::Max>() || second.is::<math::Min>())
+            && only_into(a, b)
+            && other(b, x) == Some(OutletId::new(a, 0))
+        {
+            if let Some(slopes) =
+                other(a, x).and_then(|s| per_channel(model, s, rank, c_axis, channels))
+            {
+                return Ok(Some((slopes, b)));
+            }
+        }
+        // min(x, 0), times (s - 1), added to x; or, where the slopes were not known when PReLU
+        // was wired, times s, added to max(x, 0).
+        let zero_bound = |id: usize| other(id, x).and_then(|z| scalar_const(model, z)) == Some(0.0);
+        if !(first.is::<math::Min>() && zero_bound(a)) {
+            continue;
+        }
+        let scaled = model.outlet_successors(OutletId::new(a, 0));
+        if scaled.len() != 1 || bin(scaled[0].node).is_none_or(|op| !op.is::<math::Mul>()) {
+            continue;
+        }
+        let mul = scaled[0].node;
+        let Some(slopes) = other(mul, OutletId::new(a, 0))
+            .and_then(|s| per_channel(model, s, rank, c_axis, channels))
+        else {
+            continue;
+        };
+        let Some(sum) = model
+            .outlet_successors(OutletId::new(mul, 0))
+            .first()
+            .map(|s| s.node)
+        else {
+            continue;
+        };
+        if !only_into(mul, sum) || bin(sum).is_none_or(|op| !op.is::<math::Add>()) {
+            continue;
+        }
+        if second.is::<math::Add>() && sum == b && other(b, x) == Some(OutletId::new(mul, 0)) {
+            return Ok(Some((slopes.iter().map(|s| s + 1.0).collect(), b)));
+        }
+        if second.is::<math::Max>()
+            && zero_bound(b)
+            && only_into(b, sum)
+            && other(sum, OutletId::new(b, 0)) == Some(OutletId::new(mul, 0))
+        {
+            return Ok(Some((slopes, sum)));
+        }
+    }
+    Ok(None)
+}
+
+/// The values of a constant with one value per channel along `c_axis` (or one for all).
+fn per_channel(
+    model: &TypedModel,
+    outlet: OutletId,
+    rank: usize,
+    c_axis: usize,
+    channels: usize,
+) -> Option<Vec<f32>> {
+    let konst = model.outlet_fact(outlet).ok()?.konst.clone()?;
+    if konst.datum_type() != f32::datum_type() {
+        return None;
+    }
+    let values = konst
+        .try_as_plain_ram()
+        .ok()?
+        .as_slice::<f32>()
+        .ok()?
+        .to_vec();
+    let shape = konst.shape();
+    if values.len() == 1 {
+        return Some(vec![values[0]; channels]);
+    }
+    let only_channels = shape
+        .iter()
+        .enumerate()
+        .all(|(axis, d)| *d == 1 || (axis == c_axis && *d == channels));
+    (values.len() == channels && shape.len() == rank && only_channels).then_some(values)
 }

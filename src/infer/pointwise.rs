@@ -19,8 +19,7 @@ use tract_onnx::tract_core::ops::cnn::Conv;
 use tract_onnx::tract_core::ops::math;
 use tract_onnx::tract_core::optim::Optimizer;
 
-use super::depthwise::scalar_const;
-use super::kernels::{fill_rows, Isa};
+use super::kernels::{fill_rows, prelu, scalar_const, Isa};
 
 /// Replace every eligible pointwise `Conv` of a typed model that is about to run channel-last
 /// (with the residual `Add` and the clamps that follow it); returns how many. It runs before
@@ -48,7 +47,7 @@ fn replace_with(model: &mut TypedModel, isa: Isa) -> TractResult<usize> {
         let x_shape = conv.pool_spec.data_format.shape(x_shape)?;
         let channels_first = !conv.pool_spec.data_format.c_is_last();
         let (c_axis, last_axis) = (x_shape.c_axis(), x_shape.hw_axes().end - 1);
-        let (residual, last) = absorb_epilogue(model, id, &mut op)?;
+        let (residual, last) = absorb_epilogue(model, id, c_axis, &mut op)?;
         let mut patch = TypedModelPatch::new("veriface-pointwise");
         let mut inputs = tvec!(patch.tap_model(model, node.inputs[0])?);
         if let Some(residual) = residual {
@@ -75,12 +74,13 @@ fn replace_with(model: &mut TypedModel, isa: Isa) -> TractResult<usize> {
     Ok(replaced)
 }
 
-/// Follow the conv's output through single-consumer nodes the op can fuse: one `Add` of a
-/// tensor of the output's shape (a residual), then `max(x, a)` / `min(x, b)` against scalar
-/// constants. Returns the residual and the last node covered.
+/// Follow the conv's output through the nodes the op can fuse: one `Add` of a tensor of the
+/// output's shape (a residual), a PReLU as `prelu.rs` expands it, then `max(x, a)` / `min(x, b)`
+/// against scalar constants, in that order. Returns the residual and the last node covered.
 fn absorb_epilogue(
     model: &TypedModel,
     conv: usize,
+    c_axis: usize,
     op: &mut Pointwise,
 ) -> TractResult<(Option<OutletId>, usize)> {
     let mut last = conv;
@@ -89,6 +89,14 @@ fn absorb_epilogue(
         let outlet = OutletId::new(last, 0);
         if model.outputs.contains(&outlet) {
             break;
+        }
+        let unclamped = op.clamp == (f32::NEG_INFINITY, f32::INFINITY);
+        if op.slopes.is_none() && unclamped {
+            if let Some((slopes, end)) = prelu(model, outlet, c_axis, op.outputs)? {
+                op.slopes = Some(Arc::new(op.padded(&slopes)));
+                last = end;
+                continue;
+            }
         }
         let succ = &model.node(last).outputs[0].successors;
         if succ.len() != 1 {
@@ -105,7 +113,6 @@ fn absorb_epilogue(
         if next.inputs.len() != 2 || model.outlet_fact(OutletId::new(next.id, 0))?.shape != *shape {
             break;
         }
-        let unclamped = op.clamp == (f32::NEG_INFINITY, f32::INFINITY);
         if let Some(bound) = scalar_const(model, other) {
             if bin.0.is::<math::Max>() {
                 op.clamp.0 = op.clamp.0.max(bound);
@@ -114,7 +121,8 @@ fn absorb_epilogue(
             } else {
                 break;
             }
-        } else if bin.0.is::<math::Add>() && residual.is_none() && unclamped {
+        } else if bin.0.is::<math::Add>() && residual.is_none() && op.slopes.is_none() && unclamped
+        {
             let fact = model.outlet_fact(other)?;
             if fact.shape != *shape || fact.datum_type != f32::datum_type() {
                 break;
@@ -143,8 +151,10 @@ pub(super) struct Pointwise {
     weights: Arc<Vec<f32>>,
     /// Padded to whole panels.
     bias: Arc<Vec<f32>>,
-    /// A second input of the output's shape is added before the clamp.
+    /// A second input of the output's shape is added before the PReLU and clamp.
     residual: bool,
+    /// PReLU's slope per output channel, padded like the bias: `max(y, 0) + s·min(y, 0)`.
+    slopes: Option<Arc<Vec<f32>>>,
     /// Applied to every output: `min(max(y, lo), hi)`; (-inf, inf) when nothing was fused.
     clamp: (f32, f32),
     output_shape: TVec<usize>,
@@ -163,6 +173,10 @@ impl PartialEq for Pointwise {
             && same(&self.weights, &other.weights)
             && same(&self.bias, &other.bias)
             && self.residual == other.residual
+            && match (&self.slopes, &other.slopes) {
+                (Some(a), Some(b)) => same(a, b),
+                (a, b) => a.is_none() && b.is_none(),
+            }
             && self.clamp.0.to_bits() == other.clamp.0.to_bits()
             && self.clamp.1.to_bits() == other.clamp.1.to_bits()
             && self.output_shape == other.output_shape
@@ -257,10 +271,20 @@ impl Pointwise {
             weights: Arc::new(weights),
             bias: Arc::new(padded_bias),
             residual: false,
+            slopes: None,
             clamp: (f32::NEG_INFINITY, f32::INFINITY),
             output_shape,
             isa,
         }))
+    }
+}
+
+impl Pointwise {
+    /// Per-output-channel values laid out like the bias: whole panels, zero-padded.
+    fn padded(&self, values: &[f32]) -> Vec<f32> {
+        let mut padded = vec![0f32; self.bias.len()];
+        padded[..values.len()].copy_from_slice(values);
+        padded
     }
 }
 
@@ -271,8 +295,14 @@ impl Op for Pointwise {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "{} -> {} channels over {} pixels, residual {}, clamp {:?}, {:?}",
-            self.inputs, self.outputs, self.pixels, self.residual, self.clamp, self.isa
+            "{} -> {} channels over {} pixels, residual {}, PReLU {}, clamp {:?}, {:?}",
+            self.inputs,
+            self.outputs,
+            self.pixels,
+            self.residual,
+            self.slopes.is_some(),
+            self.clamp,
+            self.isa
         )])
     }
 
@@ -310,6 +340,7 @@ impl EvalOp for Pointwise {
                 residual,
                 w: &self.weights,
                 b: &self.bias,
+                slopes: self.slopes.as_ref().map(|s| s.as_slice()),
                 inputs: self.inputs,
                 outputs: self.outputs,
                 clamp: self.clamp,
@@ -343,6 +374,7 @@ struct Args<'a> {
     residual: Option<&'a [f32]>,
     w: &'a [f32],
     b: &'a [f32],
+    slopes: Option<&'a [f32]>,
     inputs: usize,
     outputs: usize,
     clamp: (f32, f32),
@@ -452,12 +484,18 @@ macro_rules! kernels {
                 let hi = $set1(a.clamp.1);
                 let n = a.outputs;
                 let residual = a.residual.map(|r| r.as_ptr().add(p * n + panel * PANEL));
+                let slopes = a.slopes.map(|s| s.as_ptr().add(panel * PANEL));
+                let zero = $zero();
                 if width == V * $lanes {
                     for (m, row) in acc.iter().enumerate() {
                         for (v, lane) in row.iter().enumerate() {
                             let mut y = *lane;
                             if let Some(r) = residual {
                                 y = $add(y, $loadu(r.add(m * n + v * $lanes)));
+                            }
+                            if let Some(s) = slopes {
+                                let s = $loadu(s.add(v * $lanes));
+                                y = $fmadd(s, $min(y, zero), $max(y, zero));
                             }
                             $storeu(out.add(m * n + v * $lanes), $min($max(y, lo), hi));
                         }
@@ -473,6 +511,10 @@ macro_rules! kernels {
                             let mut y = *lane;
                             if residual.is_some() {
                                 y = $add(y, $loadu(line.as_ptr().add(v * $lanes)));
+                            }
+                            if let Some(s) = slopes {
+                                let s = $loadu(s.add(v * $lanes));
+                                y = $fmadd(s, $min(y, zero), $max(y, zero));
                             }
                             $storeu(line.as_mut_ptr().add(v * $lanes), $min($max(y, lo), hi));
                         }
@@ -559,6 +601,8 @@ mod tests {
     use tract_onnx::tract_core::ops::cnn::{KernelFormat, PaddingSpec, PoolSpec};
     use tract_onnx::tract_core::ops::nn::DataFormat;
 
+    use crate::infer::prelu::wire_for_test;
+
     /// Deterministic values in [-1, 1): the test needs variety, not statistics.
     fn values(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed.wrapping_mul(6364136223846793005) ^ 0x9e3779b97f4a7c15;
@@ -579,6 +623,8 @@ mod tests {
         outputs: usize,
         hw: [usize; 2],
         residual: bool,
+        /// PReLU slopes drawn from this range; whether they are known when PReLU is wired.
+        prelu: Option<((f32, f32), bool)>,
         clamp: Option<(f32, f32)>,
     }
 
@@ -591,7 +637,8 @@ mod tests {
         }
     }
 
-    /// A pointwise convolution, then a residual `Add` and a clamp, as tract-onnx types them.
+    /// A pointwise convolution, then a residual `Add`, a PReLU and a clamp, as tract-onnx types
+    /// them.
     fn model(case: &Case) -> TractResult<TypedModel> {
         let (ci, co) = (case.inputs, case.outputs);
         let mut model = TypedModel::default();
@@ -617,6 +664,13 @@ mod tests {
         if case.residual {
             let r = model.add_source("r", f32::fact(shape(case, co)))?;
             y = model.wire_node("add", math::add(), &[y, r])?[0];
+        }
+        if let Some(((lo, hi), known)) = case.prelu {
+            let slopes: Vec<f32> = values(co, 7)
+                .iter()
+                .map(|u| lo + (hi - lo) * (u + 1.0) / 2.0)
+                .collect();
+            y = wire_for_test(&mut model, y, case.format, &slopes, known)?;
         }
         if let Some((lo, hi)) = case.clamp {
             let lo = model.add_const("lo", tensor4(&[[[[lo]]]]))?;
@@ -689,18 +743,29 @@ mod tests {
     }
 
     #[test]
-    fn matches_tract_channel_first_with_residual_and_clamp() -> TractResult<()> {
+    fn matches_tract_channel_first_with_residual_prelu_and_clamp() -> TractResult<()> {
         // 70 outputs: whole panels and a partial one in both copies (32 or 16 wide); 2 x 63
-        // pixels: whole tiles, then tiles of 8, 4, 2 and 1.
-        check(Case {
-            format: DataFormat::NCHW,
-            batch: 2,
-            inputs: 37,
-            outputs: 70,
-            hw: [7, 9],
-            residual: true,
-            clamp: Some((0.0, 0.5)),
-        })
+        // pixels: whole tiles, then tiles of 8, 4, 2 and 1. Each of the PReLU wirings: slopes
+        // below 1, above 1, on both sides, and known only after constant folding.
+        for prelu in [
+            None,
+            Some(((-0.5, 1.0), true)),
+            Some(((1.0, 3.0), true)),
+            Some(((-0.5, 2.0), true)),
+            Some(((-0.5, 2.0), false)),
+        ] {
+            check(Case {
+                format: DataFormat::NCHW,
+                batch: 2,
+                inputs: 37,
+                outputs: 70,
+                hw: [7, 9],
+                residual: true,
+                prelu,
+                clamp: Some((-0.75, 0.5)),
+            })?;
+        }
+        Ok(())
     }
 
     #[test]
@@ -714,6 +779,7 @@ mod tests {
             outputs: 24,
             hw: [5, 13],
             residual: false,
+            prelu: Some(((0.0, 0.5), true)),
             clamp: None,
         })?;
         check(Case {
@@ -723,6 +789,7 @@ mod tests {
             outputs: 8,
             hw: [1, 1],
             residual: false,
+            prelu: None,
             clamp: Some((-0.25, 6.0)),
         })
     }

@@ -103,6 +103,33 @@ impl Expansion for Prelu {
     }
 }
 
+/// PReLU of `y` (4-D, channels per `format`) as the ONNX loader wires it, for the fused ops'
+/// tests. `known`: the slopes are constants when PReLU is wired; else they reach it through an
+/// `Add` of zero, which only constant folding evaluates (as through an ONNX `Unsqueeze`).
+#[cfg(test)]
+pub(super) fn wire_for_test(
+    model: &mut TypedModel,
+    y: OutletId,
+    format: tract_onnx::tract_core::ops::nn::DataFormat,
+    slopes: &[f32],
+    known: bool,
+) -> TractResult<OutletId> {
+    let c = slopes.len();
+    // Of the input's rank: a lower rank reaches the expansion through an added axis, which
+    // hides the values as the unknown case does.
+    let shape: &[usize] = match format.c_is_last() {
+        false => &[1, c, 1, 1],
+        true => &[1, 1, 1, c],
+    };
+    let mut s = model.add_const("slopes", tensor1(slopes).into_shape(shape)?)?;
+    if !known {
+        let zero = model.add_const("zero", tensor0(0f32).broadcast_into_rank(4)?)?;
+        s = model.wire_node("slopes.late", math::add(), &[s, zero])?[0];
+        ensure!(model.outlet_fact(s)?.konst.is_none());
+    }
+    Ok(Prelu.wire("prelu", model, &[y, s])?[0])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
