@@ -6,7 +6,7 @@ mod kernels;
 mod maxpool;
 #[cfg(feature = "tensorrt")]
 pub mod ort;
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod pointwise;
 mod prelu;
 pub mod tract;

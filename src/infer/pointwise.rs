@@ -14,6 +14,7 @@
 use std::sync::Arc;
 
 use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::array::{Pad, PadMode};
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::Conv;
 use tract_onnx::tract_core::ops::math;
@@ -30,7 +31,8 @@ pub(super) fn replace(model: &mut TypedModel) -> TractResult<usize> {
 }
 
 fn replace_with(model: &mut TypedModel, isa: Isa) -> TractResult<usize> {
-    if isa == Isa::Baseline {
+    // x86 without AVX2: no copy of the kernel; aarch64's baseline is NEON.
+    if isa == Isa::Baseline && cfg!(target_arch = "x86_64") {
         return Ok(0);
     }
     Optimizer::prop_consts().optimize(model)?;
@@ -123,18 +125,64 @@ fn absorb_epilogue(
             }
         } else if bin.0.is::<math::Add>() && residual.is_none() && op.slopes.is_none() && unclamped
         {
-            let fact = model.outlet_fact(other)?;
-            if fact.shape != *shape || fact.datum_type != f32::datum_type() {
+            let Some((source, channels)) = residual_source(model, other, next.id, c_axis, shape)?
+            else {
                 break;
-            }
-            residual = Some(other);
-            op.residual = true;
+            };
+            residual = Some(source);
+            op.residual_channels = Some(channels);
         } else {
             break;
         }
         last = next.id;
     }
     Ok((residual, last))
+}
+
+/// The tensor a residual `Add` (node `add`) adds, and its channels: `other` itself when it has
+/// the output's shape, or the input of a zero `Pad` of the channel axis's end (BlazeFace and
+/// FaceMesh widen their residuals so), which the op adds only to the first channels. A `Pad`
+/// left in place would block the channel-last layout: it runs channel-first between transposes.
+fn residual_source(
+    model: &TypedModel,
+    other: OutletId,
+    add: usize,
+    c_axis: usize,
+    shape: &ShapeFact,
+) -> TractResult<Option<(OutletId, usize)>> {
+    let fact = model.outlet_fact(other)?;
+    let Some(dims) = shape.as_concrete() else {
+        return Ok(None);
+    };
+    if fact.datum_type != f32::datum_type() || fact.shape != *shape {
+        return Ok(None);
+    }
+    let producer = model.node(other.node);
+    if let Some(pad) = producer.op_as::<Pad>() {
+        let only_into_add = model.outlet_successors(other).iter().all(|s| s.node == add);
+        let zero = match &pad.mode {
+            PadMode::Constant(v) => v.cast_to_scalar::<f32>().ok() == Some(0.0),
+            _ => false,
+        };
+        let channel_end_only = pad.pads.len() == dims.len()
+            && pad
+                .pads
+                .iter()
+                .enumerate()
+                .all(|(axis, p)| p.0 == 0 && (p.1 == 0 || axis == c_axis));
+        let source = producer.inputs[0];
+        let source_fact = model.outlet_fact(source)?;
+        let channels = source_fact.shape.as_concrete().map(|d| d[c_axis]);
+        if let (true, true, true, Some(channels)) = (
+            only_into_add,
+            zero,
+            channel_end_only && source_fact.datum_type == f32::datum_type(),
+            channels,
+        ) {
+            return Ok(Some((source, channels)));
+        }
+    }
+    Ok(Some((other, dims[c_axis])))
 }
 
 /// `y[p, o] = clamp(sum_i x[p, i] * w[i, o] + bias[o] (+ residual[p, o]))` over the pixels `p`
@@ -151,8 +199,9 @@ pub(super) struct Pointwise {
     weights: Arc<Vec<f32>>,
     /// Padded to whole panels.
     bias: Arc<Vec<f32>>,
-    /// A second input of the output's shape is added before the PReLU and clamp.
-    residual: bool,
+    /// A second input is added before the PReLU and clamp: the output's pixels, with this many
+    /// channels (the first ones; the others get nothing).
+    residual_channels: Option<usize>,
     /// PReLU's slope per output channel, padded like the bias: `max(y, 0) + s·min(y, 0)`.
     slopes: Option<Arc<Vec<f32>>>,
     /// Applied to every output: `min(max(y, lo), hi)`; (-inf, inf) when nothing was fused.
@@ -172,7 +221,7 @@ impl PartialEq for Pointwise {
             && self.pixels == other.pixels
             && same(&self.weights, &other.weights)
             && same(&self.bias, &other.bias)
-            && self.residual == other.residual
+            && self.residual_channels == other.residual_channels
             && match (&self.slopes, &other.slopes) {
                 (Some(a), Some(b)) => same(a, b),
                 (a, b) => a.is_none() && b.is_none(),
@@ -194,6 +243,9 @@ fn panel_width(isa: Isa) -> usize {
         Isa::Avx512 => avx512::PANEL,
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => avx2::PANEL,
+        #[cfg(target_arch = "aarch64")]
+        Isa::Baseline => neon::PANEL,
+        #[cfg(not(target_arch = "aarch64"))]
         Isa::Baseline => 1,
     }
 }
@@ -270,7 +322,7 @@ impl Pointwise {
             pixels,
             weights: Arc::new(weights),
             bias: Arc::new(padded_bias),
-            residual: false,
+            residual_channels: None,
             slopes: None,
             clamp: (f32::NEG_INFINITY, f32::INFINITY),
             output_shape,
@@ -295,11 +347,11 @@ impl Op for Pointwise {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "{} -> {} channels over {} pixels, residual {}, PReLU {}, clamp {:?}, {:?}",
+            "{} -> {} channels over {} pixels, residual channels {:?}, PReLU {}, clamp {:?}, {:?}",
             self.inputs,
             self.outputs,
             self.pixels,
-            self.residual,
+            self.residual_channels,
             self.slopes.is_some(),
             self.clamp,
             self.isa
@@ -322,22 +374,24 @@ impl EvalOp for Pointwise {
             self.pixels,
             self.inputs
         );
-        let residual = match self.residual {
-            true => Some(inputs[1].try_as_plain_ram()?),
-            false => None,
+        let residual = match self.residual_channels {
+            Some(_) => Some(inputs[1].try_as_plain_ram()?),
+            None => None,
         };
         let residual = residual.as_ref().map(|r| r.as_slice::<f32>()).transpose()?;
-        if let Some(r) = residual {
+        if let (Some(r), Some(channels)) = (residual, self.residual_channels) {
             ensure!(
-                r.len() == self.pixels * self.outputs,
-                "residual has {} values",
-                r.len()
+                r.len() == self.pixels * channels,
+                "residual has {} values, expected {} pixels of {channels} channels",
+                r.len(),
+                self.pixels
             );
         }
         let fill = |first_pixel: usize, rows: &mut [f32]| {
             let args = Args {
                 x,
                 residual,
+                residual_channels: self.residual_channels.unwrap_or(0),
                 w: &self.weights,
                 b: &self.bias,
                 slopes: self.slopes.as_ref().map(|s| s.as_slice()),
@@ -372,6 +426,8 @@ impl TypedOp for Pointwise {
 struct Args<'a> {
     x: &'a [f32],
     residual: Option<&'a [f32]>,
+    /// The residual's channels per pixel (the first output channels).
+    residual_channels: usize,
     w: &'a [f32],
     b: &'a [f32],
     slopes: Option<&'a [f32]>,
@@ -390,7 +446,11 @@ fn run(isa: Isa, args: &Args, out: &mut [f32]) {
         Isa::Avx512 => unsafe { avx512::run(args, out) },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => unsafe { avx2::run(args, out) },
-        Isa::Baseline => unreachable!("pointwise ops are only created for AVX2 and AVX-512"),
+        // SAFETY: every aarch64 CPU has NEON.
+        #[cfg(target_arch = "aarch64")]
+        Isa::Baseline => unsafe { neon::run(args, out) },
+        #[cfg(not(target_arch = "aarch64"))]
+        Isa::Baseline => unreachable!("x86 pointwise ops are only created for AVX2 and AVX-512"),
     }
 }
 
@@ -405,15 +465,16 @@ fn chunk_pixels(inputs: usize, tile: usize) -> usize {
 /// `$tile` pixels by two vectors (the accumulators fill the register file). The bodies are
 /// plain functions with the module's target features: a closure or a generic helper without
 /// them would not get the vector instructions inlined.
-#[cfg(target_arch = "x86_64")]
 macro_rules! kernels {
-    ($isa:ident, $feature:literal, $v:ty, $lanes:literal, $tile:literal,
-     $zero:ident, $loadu:ident, $storeu:ident, $set1:ident, $fmadd:ident, $add:ident,
-     $max:ident, $min:ident) => {
+    ($isa:ident, $arch:ident, $feature:literal, $v:ty, $lanes:literal, $tile:literal,
+     $zero:path, $loadu:path, $storeu:path, $set1:path, $fmadd:path, $add:path,
+     $max:path, $min:path, $accumulate:item) => {
         mod $isa {
-            use std::arch::x86_64::*;
+            #[allow(unused_imports)]
+            use std::arch::$arch::*;
 
-            use super::{chunk_pixels, Args};
+            #[allow(unused_imports)]
+            use super::*;
 
             /// Output channels per weight panel.
             pub(super) const PANEL: usize = 2 * $lanes;
@@ -483,15 +544,20 @@ macro_rules! kernels {
                 let lo = $set1(a.clamp.0);
                 let hi = $set1(a.clamp.1);
                 let n = a.outputs;
-                let residual = a.residual.map(|r| r.as_ptr().add(p * n + panel * PANEL));
+                let rn = a.residual_channels;
+                // The residual's channels in this panel: all, some or none of `width`.
+                let rw = rn.saturating_sub(panel * PANEL).min(width);
+                let residual = a
+                    .residual
+                    .map(|r| r.as_ptr().wrapping_add(p * rn + panel * PANEL));
                 let slopes = a.slopes.map(|s| s.as_ptr().add(panel * PANEL));
                 let zero = $zero();
-                if width == V * $lanes {
+                if width == V * $lanes && (residual.is_none() || rw == width) {
                     for (m, row) in acc.iter().enumerate() {
                         for (v, lane) in row.iter().enumerate() {
                             let mut y = *lane;
                             if let Some(r) = residual {
-                                y = $add(y, $loadu(r.add(m * n + v * $lanes)));
+                                y = $add(y, $loadu(r.add(m * rn + v * $lanes)));
                             }
                             if let Some(s) = slopes {
                                 let s = $loadu(s.add(v * $lanes));
@@ -501,11 +567,13 @@ macro_rules! kernels {
                         }
                     }
                 } else {
-                    // The panel's last channels are padding: go through a row on the stack.
+                    // The panel's last channels are padding, or the residual ends inside it:
+                    // go through a row on the stack.
                     let mut line = [0f32; PANEL];
                     for (m, row) in acc.iter().enumerate() {
                         if let Some(r) = residual {
-                            std::ptr::copy_nonoverlapping(r.add(m * n), line.as_mut_ptr(), width);
+                            std::ptr::copy_nonoverlapping(r.wrapping_add(m * rn), line.as_mut_ptr(), rw);
+                            line[rw..].fill(0.0);
                         }
                         for (v, lane) in row.iter().enumerate() {
                             let mut y = *lane;
@@ -523,40 +591,50 @@ macro_rules! kernels {
                 }
             }
 
-            /// The sums of one tile, bias included. Not inlined: in one function with the
-            /// epilogue's loops, rustc kept the accumulators in memory and stored all of them
-            /// on every input channel (seen in the assembly; 3x slower).
-            #[target_feature(enable = $feature)]
-            #[inline(never)]
-            unsafe fn accumulate<const M: usize, const V: usize>(
-                a: &Args,
-                p: usize,
-                panel: usize,
-            ) -> [[$v; V]; M] {
-                let k = a.inputs;
-                let x = a.x.as_ptr().add(p * k);
-                let w = a.w.as_ptr().add(panel * k * PANEL);
-                let b = a.b.as_ptr().add(panel * PANEL);
-                let mut acc: [[$v; V]; M] = [[$zero(); V]; M];
-                for row in acc.iter_mut() {
-                    for (v, lane) in row.iter_mut().enumerate() {
-                        *lane = $loadu(b.add(v * $lanes));
-                    }
+            $accumulate
+        }
+    };
+}
+
+/// The x86 tile: each input channel's weights (two vectors) against each pixel's value,
+/// broadcast.
+#[cfg(target_arch = "x86_64")]
+macro_rules! broadcast_accumulate {
+    ($feature:literal, $v:ty, $lanes:literal, $zero:path, $loadu:path, $set1:path,
+     $fmadd:path) => {
+        /// The sums of one tile, bias included. Not inlined: in one function with the
+        /// epilogue's loops, rustc kept the accumulators in memory and stored all of them
+        /// on every input channel (seen in the assembly; 3x slower).
+        #[target_feature(enable = $feature)]
+        #[inline(never)]
+        unsafe fn accumulate<const M: usize, const V: usize>(
+            a: &Args,
+            p: usize,
+            panel: usize,
+        ) -> [[$v; V]; M] {
+            let k = a.inputs;
+            let x = a.x.as_ptr().add(p * k);
+            let w = a.w.as_ptr().add(panel * k * PANEL);
+            let b = a.b.as_ptr().add(panel * PANEL);
+            let mut acc: [[$v; V]; M] = [[$zero(); V]; M];
+            for row in acc.iter_mut() {
+                for (v, lane) in row.iter_mut().enumerate() {
+                    *lane = $loadu(b.add(v * $lanes));
                 }
-                for i in 0..k {
-                    let mut wv: [$v; V] = [$zero(); V];
-                    for (v, lane) in wv.iter_mut().enumerate() {
-                        *lane = $loadu(w.add(i * PANEL + v * $lanes));
-                    }
-                    for (m, row) in acc.iter_mut().enumerate() {
-                        let xb = $set1(*x.add(m * k + i));
-                        for v in 0..V {
-                            row[v] = $fmadd(xb, wv[v], row[v]);
-                        }
-                    }
-                }
-                acc
             }
+            for i in 0..k {
+                let mut wv: [$v; V] = [$zero(); V];
+                for (v, lane) in wv.iter_mut().enumerate() {
+                    *lane = $loadu(w.add(i * PANEL + v * $lanes));
+                }
+                for (m, row) in acc.iter_mut().enumerate() {
+                    let xb = $set1(*x.add(m * k + i));
+                    for v in 0..V {
+                        row[v] = $fmadd(xb, wv[v], row[v]);
+                    }
+                }
+            }
+            acc
         }
     };
 }
@@ -564,6 +642,7 @@ macro_rules! kernels {
 #[cfg(target_arch = "x86_64")]
 kernels!(
     avx512,
+    x86_64,
     "avx512f,fma",
     __m512,
     16,
@@ -575,12 +654,22 @@ kernels!(
     _mm512_fmadd_ps,
     _mm512_add_ps,
     _mm512_max_ps,
-    _mm512_min_ps
+    _mm512_min_ps,
+    broadcast_accumulate!(
+        "avx512f,fma",
+        __m512,
+        16,
+        _mm512_setzero_ps,
+        _mm512_loadu_ps,
+        _mm512_set1_ps,
+        _mm512_fmadd_ps
+    );
 );
 
 #[cfg(target_arch = "x86_64")]
 kernels!(
     avx2,
+    x86_64,
     "avx2,fma",
     __m256,
     8,
@@ -592,7 +681,110 @@ kernels!(
     _mm256_fmadd_ps,
     _mm256_add_ps,
     _mm256_max_ps,
-    _mm256_min_ps
+    _mm256_min_ps,
+    broadcast_accumulate!(
+        "avx2,fma",
+        __m256,
+        8,
+        _mm256_setzero_ps,
+        _mm256_loadu_ps,
+        _mm256_set1_ps,
+        _mm256_fmadd_ps
+    );
+);
+
+/// NEON has no zero or `a·b + c` in the shape the kernels call.
+#[cfg(target_arch = "aarch64")]
+mod neon_ops {
+    use std::arch::aarch64::*;
+
+    #[inline(always)]
+    pub(super) unsafe fn zero() -> float32x4_t {
+        vdupq_n_f32(0.0)
+    }
+
+    #[inline(always)]
+    pub(super) unsafe fn fmadd(a: float32x4_t, b: float32x4_t, c: float32x4_t) -> float32x4_t {
+        vfmaq_f32(c, a, b)
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+kernels!(
+    neon,
+    aarch64,
+    "neon",
+    float32x4_t,
+    4,
+    8,
+    super::neon_ops::zero,
+    vld1q_f32,
+    vst1q_f32,
+    vdupq_n_f32,
+    super::neon_ops::fmadd,
+    vaddq_f32,
+    vmaxq_f32,
+    vminq_f32,
+    /// The sums of one tile, bias included: four input channels of each pixel in one vector,
+    /// each lane multiplied into the weights by element (`fmla v.4s, v.4s, v.s[lane]`), so
+    /// that a load serves four products where a broadcast serves one. Not inlined, as on x86.
+    #[inline(never)]
+    unsafe fn accumulate<const M: usize, const V: usize>(
+        a: &Args,
+        p: usize,
+        panel: usize,
+    ) -> [[float32x4_t; V]; M] {
+        let k = a.inputs;
+        let x = a.x.as_ptr().add(p * k);
+        let w = a.w.as_ptr().add(panel * k * PANEL);
+        let b = a.b.as_ptr().add(panel * PANEL);
+        let mut acc = [[vdupq_n_f32(0.0); V]; M];
+        for row in acc.iter_mut() {
+            for (v, lane) in row.iter_mut().enumerate() {
+                *lane = vld1q_f32(b.add(v * 4));
+            }
+        }
+        let mut i = 0;
+        while i + 4 <= k {
+            let mut xs = [vdupq_n_f32(0.0); M];
+            for (m, xv) in xs.iter_mut().enumerate() {
+                *xv = vld1q_f32(x.add(m * k + i));
+            }
+            macro_rules! by_lane {
+                ($lane:literal) => {{
+                    let mut wv = [vdupq_n_f32(0.0); V];
+                    for (v, lane) in wv.iter_mut().enumerate() {
+                        *lane = vld1q_f32(w.add((i + $lane) * PANEL + v * 4));
+                    }
+                    for (row, xv) in acc.iter_mut().zip(&xs) {
+                        for v in 0..V {
+                            row[v] = vfmaq_laneq_f32::<$lane>(row[v], wv[v], *xv);
+                        }
+                    }
+                }};
+            }
+            by_lane!(0);
+            by_lane!(1);
+            by_lane!(2);
+            by_lane!(3);
+            i += 4;
+        }
+        // The last input channels one by one.
+        while i < k {
+            let mut wv = [vdupq_n_f32(0.0); V];
+            for (v, lane) in wv.iter_mut().enumerate() {
+                *lane = vld1q_f32(w.add(i * PANEL + v * 4));
+            }
+            for (m, row) in acc.iter_mut().enumerate() {
+                let xb = vdupq_n_f32(*x.add(m * k + i));
+                for v in 0..V {
+                    row[v] = vfmaq_f32(row[v], wv[v], xb);
+                }
+            }
+            i += 1;
+        }
+        acc
+    }
 );
 
 #[cfg(test)]
@@ -622,7 +814,8 @@ mod tests {
         inputs: usize,
         outputs: usize,
         hw: [usize; 2],
-        residual: bool,
+        /// A residual `Add` of this many channels (zero-padded to the output's when fewer).
+        residual: Option<usize>,
         /// PReLU slopes drawn from this range; whether they are known when PReLU is wired.
         prelu: Option<((f32, f32), bool)>,
         clamp: Option<(f32, f32)>,
@@ -661,8 +854,15 @@ mod tests {
             q_params: None,
         };
         let mut y = model.wire_node("conv", conv, &[x, k, b])?[0];
-        if case.residual {
-            let r = model.add_source("r", f32::fact(shape(case, co)))?;
+        if let Some(channels) = case.residual {
+            let mut r = model.add_source("r", f32::fact(shape(case, channels)))?;
+            if channels < co {
+                let c_axis = if case.format.c_is_last() { 3 } else { 1 };
+                let mut pads = vec![(0, 0); 4];
+                pads[c_axis].1 = co - channels;
+                let pad = Pad::new(pads, PadMode::Constant(Arc::new(tensor0(0f32))));
+                r = model.wire_node("channel_padding", pad, &[r])?[0];
+            }
             y = model.wire_node("add", math::add(), &[y, r])?[0];
         }
         if let Some(((lo, hi), known)) = case.prelu {
@@ -703,11 +903,11 @@ mod tests {
             inputs.push(Tensor::from_shape(&shape, &values(n, 10 + i as u64))?);
         }
         let expected = run(reference, &inputs)?;
+        // x86: AVX2 and AVX-512 (there is no baseline copy); aarch64: NEON, its baseline.
         let copies: Vec<Isa> = Isa::available()
             .into_iter()
-            .filter(|isa| *isa != Isa::Baseline)
+            .filter(|isa| *isa != Isa::Baseline || cfg!(target_arch = "aarch64"))
             .collect();
-        assert!(!copies.is_empty() || !is_x86_feature_detected!("avx2"));
         for isa in copies {
             let mut ours = model(&case)?;
             assert_eq!(replace_with(&mut ours, isa)?, 1, "not replaced ({isa:?})");
@@ -760,9 +960,33 @@ mod tests {
                 inputs: 37,
                 outputs: 70,
                 hw: [7, 9],
-                residual: true,
+                residual: Some(70),
                 prelu,
                 clamp: Some((-0.75, 0.5)),
+            })?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn matches_tract_with_a_channel_padded_residual() -> TractResult<()> {
+        // BlazeFace's widening blocks: the residual has fewer channels, zero-padded at the end.
+        // 70 outputs from residuals of 40 (ending inside a panel), 32 (on a panel's edge) and
+        // 5 channels; channel-first and channel-last.
+        for (format, channels) in [
+            (DataFormat::NCHW, 40),
+            (DataFormat::NHWC, 32),
+            (DataFormat::NCHW, 5),
+        ] {
+            check(Case {
+                format,
+                batch: 1,
+                inputs: 24,
+                outputs: 70,
+                hw: [5, 6],
+                residual: Some(channels),
+                prelu: None,
+                clamp: Some((0.0, 6.0)),
             })?;
         }
         Ok(())
@@ -778,7 +1002,7 @@ mod tests {
             inputs: 1200,
             outputs: 24,
             hw: [5, 13],
-            residual: false,
+            residual: None,
             prelu: Some(((0.0, 0.5), true)),
             clamp: None,
         })?;
@@ -788,7 +1012,7 @@ mod tests {
             inputs: 3,
             outputs: 8,
             hw: [1, 1],
-            residual: false,
+            residual: None,
             prelu: None,
             clamp: Some((-0.25, 6.0)),
         })

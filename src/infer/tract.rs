@@ -102,7 +102,7 @@ fn optimized_plan(
 /// depthwise and few-input (stem) convolutions, where tract has no channel-inner depthwise kernel
 /// for this CPU (x86: it has one for aarch64, 1 % fewer instructions than veriface's there).
 fn own_ops(model: &mut TypedModel, channels_last: bool) -> Result<()> {
-    super::maxpool::replace(model)?;
+    super::maxpool::replace(model, channels_last)?;
     let channel_inner_kernel = tract_linalg::routines::depthwise_c_f32().is_some();
     if !(channels_last && channel_inner_kernel) {
         super::depthwise::replace(model, channels_last)?;
@@ -114,9 +114,9 @@ fn own_ops(model: &mut TypedModel, channels_last: bool) -> Result<()> {
 /// activations in place instead of packing them (frame model: tract's products and packing 5.8
 /// ms, veriface's 3.9). On aarch64 tract's NEON products stay.
 fn own_pointwise_ops(model: &mut TypedModel) -> Result<()> {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     super::pointwise::replace(model)?;
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     let _ = model;
     Ok(())
 }
