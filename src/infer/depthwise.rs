@@ -46,7 +46,8 @@ pub(super) fn replace(model: &mut TypedModel, channels_last: bool) -> TractResul
         let x_shape = model.outlet_fact(node.inputs[0])?.shape.to_tvec();
         let x_shape = conv.pool_spec.data_format.shape(x_shape)?;
         let (c_axis, last_axis) = (x_shape.c_axis(), x_shape.hw_axes().end);
-        let (op, last) = absorb_clamps(model, id, c_axis, op)?;
+        let (mut op, last) = absorb_clamps(model, id, c_axis, op)?;
+        op.dense = op.dense_taps().map(Arc::new);
         let mut patch = TypedModelPatch::new("veriface-depthwise");
         let mut wire = patch.tap_model(model, node.inputs[0])?;
         if transpose {
@@ -166,7 +167,17 @@ pub(super) struct DirectConv {
     clamp: (f32, f32),
     output_shape: TVec<usize>,
     isa: Isa,
+    /// The few-input kind's interior pixels on the pointwise op's kernels (built from the
+    /// fields above once they are final, so equality ignores it).
+    dense: Option<Arc<Dense>>,
 }
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+type Dense = super::pointwise::DenseTaps;
+/// No copy of the pointwise kernels for this architecture.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+#[derive(Debug)]
+enum Dense {}
 
 impl PartialEq for DirectConv {
     fn eq(&self, other: &Self) -> bool {
@@ -294,7 +305,49 @@ impl DirectConv {
             clamp: (f32::NEG_INFINITY, f32::INFINITY),
             output_shape,
             isa: Isa::detect(),
+            dense: None,
         }))
+    }
+}
+
+impl DirectConv {
+    /// The channel-last few-input kind's interior on the pointwise kernels, where this CPU has
+    /// them: explicit vector tiles of output pixels × channels (the blocks below keep one pixel
+    /// per accumulator, whose chained multiply-adds wait on each other).
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    fn dense_taps(&self) -> Option<Dense> {
+        if self.kind != Kind::FewInputs || !self.channels_last {
+            return None;
+        }
+        let g = &self.geometry;
+        let (ci, co) = (g.input_channels, g.channels);
+        let [kh, kw] = g.kernel_hw;
+        let [dy, dx] = g.dilations;
+        let mut offsets = Vec::with_capacity(kh * kw * ci);
+        for ky in 0..kh {
+            for kx in 0..kw {
+                for c in 0..ci {
+                    offsets.push((ky * dy * g.input_hw[1] + kx * dx) * ci + c);
+                }
+            }
+        }
+        // `weights` is [taps, ci, co]: row (tap, c) is offsets' order.
+        let weights = &self.weights;
+        Dense::new(
+            self.isa,
+            offsets,
+            g.strides[1] * ci,
+            co,
+            |row, o| weights[row * co + o],
+            &self.bias,
+            self.slopes.as_deref().map(|s| s.as_slice()),
+            self.clamp,
+        )
+    }
+
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    fn dense_taps(&self) -> Option<Dense> {
+        None
     }
 }
 
@@ -355,6 +408,7 @@ impl EvalOp for DirectConv {
                 first_row,
                 kind: self.kind,
                 channels_last: self.channels_last,
+                dense: self.dense.as_deref(),
             };
             run(self.isa, &args, rows)
         };
@@ -402,6 +456,7 @@ struct Args<'a> {
     first_row: usize,
     kind: Kind,
     channels_last: bool,
+    dense: Option<&'a Dense>,
 }
 
 fn run(isa: Isa, args: &Args, out: &mut [f32]) {
@@ -585,8 +640,22 @@ fn rows<const FMA: bool>(a: &Args, out: &mut [f32]) {
         let (n, oy) = ((a.first_row + r) / oh, (a.first_row + r) % oh);
         let image = &a.x[n * ih * iw * ci..][..ih * iw * ci];
         let (ky0, ky1, iy0) = tap_range(oy, g.strides[0], g.dilations[0], g.pad_before[0], ih, kh);
+        // Outputs lo..hi have every tap inside the input: the dense kernel's, if it runs.
+        let (s, pad, reach) = (g.strides[1], g.pad_before[1], (kw - 1) * g.dilations[1] + 1);
+        let lo = pad.div_ceil(s);
+        let hi = match iw + pad >= reach {
+            true => ow.min((iw + pad - reach) / s + 1),
+            false => 0,
+        };
+        let dense = a.dense.filter(|_| (ky0, ky1) == (0, kh) && lo < hi);
         let mut ox = 0;
         while ox < ow {
+            if let (Some(dense), true) = (dense, ox == lo) {
+                let first = (iy0 as usize * iw + lo * s - pad) * ci;
+                dense_row(dense, &image[first..], &mut row[lo * c..hi * c]);
+                ox = hi;
+                continue;
+            }
             let (kx0, kx1, ix0) =
                 tap_range(ox, g.strides[1], g.dilations[1], g.pad_before[1], iw, kw);
             let point = Point {
@@ -645,6 +714,16 @@ fn rows<const FMA: bool>(a: &Args, out: &mut [f32]) {
             }
         }
     }
+}
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn dense_row(dense: &Dense, x: &[f32], out: &mut [f32]) {
+    dense.row(x, out)
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn dense_row(dense: &Dense, _: &[f32], _: &mut [f32]) {
+    match *dense {}
 }
 
 /// One output point's taps: the image, and per axis (first tap, end tap, origin, dilation).
@@ -905,6 +984,7 @@ mod tests {
             for node in copy.nodes_mut() {
                 if let Some(op) = node.op_as_mut::<DirectConv>() {
                     op.isa = isa;
+                    op.dense = op.dense_taps().map(Arc::new);
                 }
             }
             let copy = copy.into_optimized()?;
@@ -978,8 +1058,9 @@ mod tests {
 
     #[test]
     fn matches_tract_for_a_stem_of_few_input_channels() -> TractResult<()> {
-        // EfficientNet's stem: 3 channels in, 3x3 stride 2, 32 out, ReLU6; then 37 outputs
-        // (blocks of 16, 4 and 1) from 2 inputs, unpadded and unclamped.
+        // EfficientNet's stem: 3 channels in, 3x3 stride 2, 32 out, ReLU6, its edges padded;
+        // then 37 outputs (blocks of 16, 4 and 1; panels of 32 or 16 and a partial one) from 2
+        // inputs, unpadded, with a PReLU as FaceMesh's stem has.
         check(Case {
             format: DataFormat::NCHW,
             batch: 1,
@@ -1003,7 +1084,7 @@ mod tests {
             strides: [1, 1],
             dilations: [1, 1],
             padding: PaddingSpec::Valid,
-            prelu: None,
+            prelu: Some(values(37, 6)),
             clamp: None,
         })
     }

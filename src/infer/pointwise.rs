@@ -399,6 +399,7 @@ impl EvalOp for Pointwise {
                 outputs: self.outputs,
                 clamp: self.clamp,
                 first_pixel,
+                taps: None,
             };
             run(self.isa, &args, rows)
         };
@@ -436,6 +437,9 @@ struct Args<'a> {
     clamp: (f32, f32),
     /// The pixel the output slice handed over starts at.
     first_pixel: usize,
+    /// A dense convolution's taps instead of one pixel's channels (`DenseTaps`): the offset of
+    /// each weight row's input value from a pixel's first, and the step between pixels.
+    taps: Option<(&'a [usize], usize)>,
 }
 
 fn run(isa: Isa, args: &Args, out: &mut [f32]) {
@@ -451,6 +455,90 @@ fn run(isa: Isa, args: &Args, out: &mut [f32]) {
         Isa::Baseline => unsafe { neon::run(args, out) },
         #[cfg(not(target_arch = "aarch64"))]
         Isa::Baseline => unreachable!("x86 pointwise ops are only created for AVX2 and AVX-512"),
+    }
+}
+
+/// A dense convolution of few input channels (an RGB stem) on the pointwise kernels: the
+/// weight rows are its taps × input channels, and a tile of output pixels of one row reads each
+/// tap's value at a fixed offset from the pixel's first. The caller hands over the pixels whose
+/// taps all lie inside the input; the edges stay its own.
+#[derive(Clone, Debug)]
+pub(super) struct DenseTaps {
+    isa: Isa,
+    outputs: usize,
+    /// Input offset of each weight row (tap, input channel) from a pixel's first value.
+    offsets: Vec<usize>,
+    /// Input values between neighbouring output pixels of a row.
+    step: usize,
+    weights: Vec<f32>,
+    bias: Vec<f32>,
+    slopes: Option<Vec<f32>>,
+    clamp: (f32, f32),
+}
+
+impl DenseTaps {
+    /// `weight(row, o)` for each of `offsets.len()` weight rows; `None` where this CPU has no
+    /// copy of the kernels (x86 without AVX2).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        isa: Isa,
+        offsets: Vec<usize>,
+        step: usize,
+        outputs: usize,
+        weight: impl Fn(usize, usize) -> f32,
+        bias: &[f32],
+        slopes: Option<&[f32]>,
+        clamp: (f32, f32),
+    ) -> Option<Self> {
+        if isa == Isa::Baseline && cfg!(target_arch = "x86_64") {
+            return None;
+        }
+        let width = panel_width(isa);
+        let panels = outputs.div_ceil(width);
+        let rows = offsets.len();
+        let mut weights = vec![0f32; panels * rows * width];
+        for o in 0..outputs {
+            for r in 0..rows {
+                weights[((o / width) * rows + r) * width + o % width] = weight(r, o);
+            }
+        }
+        let pad = |v: &[f32]| {
+            let mut padded = vec![0f32; panels * width];
+            padded[..v.len()].copy_from_slice(v);
+            padded
+        };
+        Some(DenseTaps {
+            isa,
+            outputs,
+            offsets,
+            step,
+            weights,
+            bias: pad(bias),
+            slopes: slopes.map(pad),
+            clamp,
+        })
+    }
+
+    /// Output pixels of one row, every channel, into `out`; the first pixel's values start at
+    /// `x[0]`, the others `step` apart.
+    pub(super) fn row(&self, x: &[f32], out: &mut [f32]) {
+        let pixels = out.len() / self.outputs;
+        let last = self.offsets.iter().max().copied().unwrap_or(0);
+        assert!(pixels == 0 || x.len() > (pixels - 1) * self.step + last);
+        let args = Args {
+            x,
+            residual: None,
+            residual_channels: 0,
+            w: &self.weights,
+            b: &self.bias,
+            slopes: self.slopes.as_deref(),
+            inputs: self.offsets.len(),
+            outputs: self.outputs,
+            clamp: self.clamp,
+            first_pixel: 0,
+            taps: Some((&self.offsets, self.step)),
+        };
+        run(self.isa, &args, out)
     }
 }
 
@@ -540,7 +628,10 @@ macro_rules! kernels {
                 width: usize,
                 out: *mut f32,
             ) {
-                let acc = accumulate::<M, V>(a, p, panel);
+                let acc = match a.taps {
+                    Some((offsets, step)) => accumulate_taps::<M, V>(a, offsets, step, p, panel),
+                    None => accumulate::<M, V>(a, p, panel),
+                };
                 let lo = $set1(a.clamp.0);
                 let hi = $set1(a.clamp.1);
                 let n = a.outputs;
@@ -592,6 +683,42 @@ macro_rules! kernels {
             }
 
             $accumulate
+
+            /// The sums of one tile of a dense convolution (`DenseTaps`), bias included:
+            /// pixel `m`'s input value for weight row `i` at `x[(p + m)·step + offsets[i]]`.
+            #[target_feature(enable = $feature)]
+            #[inline(never)]
+            unsafe fn accumulate_taps<const M: usize, const V: usize>(
+                a: &Args,
+                offsets: &[usize],
+                step: usize,
+                p: usize,
+                panel: usize,
+            ) -> [[$v; V]; M] {
+                let x = a.x.as_ptr().add(p * step);
+                let w = a.w.as_ptr().add(panel * a.inputs * PANEL);
+                let b = a.b.as_ptr().add(panel * PANEL);
+                let mut acc: [[$v; V]; M] = [[$zero(); V]; M];
+                for row in acc.iter_mut() {
+                    for (v, lane) in row.iter_mut().enumerate() {
+                        *lane = $loadu(b.add(v * $lanes));
+                    }
+                }
+                for (i, offset) in offsets.iter().enumerate() {
+                    let mut wv: [$v; V] = [$zero(); V];
+                    for (v, lane) in wv.iter_mut().enumerate() {
+                        *lane = $loadu(w.add(i * PANEL + v * $lanes));
+                    }
+                    let x = x.add(*offset);
+                    for (m, row) in acc.iter_mut().enumerate() {
+                        let xb = $set1(*x.add(m * step));
+                        for v in 0..V {
+                            row[v] = $fmadd(xb, wv[v], row[v]);
+                        }
+                    }
+                }
+                acc
+            }
         }
     };
 }
