@@ -16,11 +16,9 @@
 use std::sync::Arc;
 
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::Conv;
-use tract_onnx::tract_core::ops::math;
 
-use super::kernels::{fill_rows, prelu, scalar_const, tap_range, Isa};
+use super::kernels::{absorb_epilogue, conv_parts, fill_rows, splice, tap_range, ConvParts, Isa};
 
 /// Replace every eligible depthwise or few-input `Conv` of a decluttered model (and the clamp
 /// that follows it, when it is the conv's only consumer); returns how many were replaced.
@@ -46,80 +44,22 @@ pub(super) fn replace(model: &mut TypedModel, channels_last: bool) -> TractResul
         let x_shape = model.outlet_fact(node.inputs[0])?.shape.to_tvec();
         let x_shape = conv.pool_spec.data_format.shape(x_shape)?;
         let (c_axis, last_axis) = (x_shape.c_axis(), x_shape.hw_axes().end);
-        let (mut op, last) = absorb_clamps(model, id, c_axis, op)?;
+        let channels = op.geometry.channels;
+        let (epilogue, last) =
+            absorb_epilogue(model, id, c_axis, channels, false, op.channels_last)?;
+        let mut op = op;
+        op.slopes = epilogue.slopes.map(Arc::new);
+        op.clamp = epilogue.clamp;
         op.dense = op.dense_taps().map(Arc::new);
-        let mut patch = TypedModelPatch::new("veriface-depthwise");
-        let mut wire = patch.tap_model(model, node.inputs[0])?;
-        if transpose {
-            let name = format!("{}.nhwc_in", node.name);
-            wire = patch.wire_node(name, AxisOp::Move(c_axis, last_axis - 1), &[wire])?[0];
-        }
-        wire = patch.wire_node(&node.name, op, &[wire])?[0];
-        if transpose {
-            let name = format!("{}.nhwc_out", node.name);
-            wire = patch.wire_node(name, AxisOp::Move(last_axis - 1, c_axis), &[wire])?[0];
-        }
-        patch.shunt_outside(model, OutletId::new(last, 0), wire)?;
-        patch.apply(model)?;
+        let moves = transpose.then_some((c_axis, last_axis - 1));
+        let (name, input) = (node.name.clone(), node.inputs[0]);
+        splice(model, &name, op, &[input], last, moves)?;
         replaced += 1;
     }
     if replaced > 0 {
         model.compact()?;
     }
     Ok(replaced)
-}
-
-/// Follow the conv's output through a PReLU (channel-last only) and single-consumer
-/// `max(x, a)` / `min(x, b)` nodes against a scalar constant, folding them into the op's
-/// slopes and clamp. Returns the op and the last node it covers.
-fn absorb_clamps(
-    model: &TypedModel,
-    conv: usize,
-    c_axis: usize,
-    mut op: DirectConv,
-) -> TractResult<(DirectConv, usize)> {
-    let mut last = conv;
-    loop {
-        let outlet = OutletId::new(last, 0);
-        if model.outputs.contains(&outlet) {
-            break;
-        }
-        let unclamped = op.clamp == (f32::NEG_INFINITY, f32::INFINITY);
-        if op.channels_last && op.slopes.is_none() && unclamped {
-            if let Some((slopes, end)) = prelu(model, outlet, c_axis, op.geometry.channels)? {
-                op.slopes = Some(Arc::new(slopes));
-                last = end;
-                continue;
-            }
-        }
-        let succ = &model.node(last).outputs[0].successors;
-        if succ.len() != 1 {
-            break;
-        }
-        let next = model.node(succ[0].node);
-        let Some(bin) = next.op_as::<TypedBinOp>() else {
-            break;
-        };
-        let other = next.inputs.iter().find(|i| **i != outlet);
-        let Some(bound) = other.and_then(|o| scalar_const(model, *o)) else {
-            break;
-        };
-        if next.inputs.len() != 2
-            || model.outlet_fact(OutletId::new(next.id, 0))?.shape
-                != model.outlet_fact(outlet)?.shape
-        {
-            break;
-        }
-        if bin.0.is::<math::Max>() {
-            op.clamp.0 = op.clamp.0.max(bound);
-        } else if bin.0.is::<math::Min>() {
-            op.clamp.1 = op.clamp.1.min(bound);
-        } else {
-            break;
-        }
-        last = next.id;
-    }
-    Ok((op, last))
 }
 
 /// The geometry of one convolution over an f32 input of `batch` images.
@@ -221,23 +161,9 @@ impl DirectConv {
         } else {
             return Ok(None);
         };
-        if conv.q_params.is_some() || node.inputs.len() != 3 || spec.kernel_shape.len() != 2 {
-            return Ok(None);
-        }
-        let x = model.outlet_fact(node.inputs[0])?;
-        let (Some(kernel), Some(bias)) = (
-            model.outlet_fact(node.inputs[1])?.konst.clone(),
-            model.outlet_fact(node.inputs[2])?.konst.clone(),
-        ) else {
+        let Some(ConvParts { kernel, bias, data }) = conv_parts(model, node, conv)? else {
             return Ok(None);
         };
-        let Some(shape) = x.shape.as_concrete() else {
-            return Ok(None);
-        };
-        if x.datum_type != f32::datum_type() || kernel.datum_type() != f32::datum_type() {
-            return Ok(None);
-        }
-        let data = spec.data_format.shape(shape.to_vec())?;
         let hw = data.hw_dims();
         let padding = spec.computed_padding(hw);
         let input_channels = *data.c();
@@ -281,12 +207,6 @@ impl DirectConv {
                 }
             }
         }
-        let bias = bias.cast_to::<f32>()?;
-        let bias = match bias.try_as_plain_ram()?.as_slice::<f32>()? {
-            [b] => vec![*b; channels],
-            b if b.len() == channels => b.to_vec(),
-            _ => return Ok(None),
-        };
         let [oh, ow] = geometry.output_hw;
         let mut output_shape: TVec<usize> = match channels_last {
             true => tvec![oh, ow, channels],
@@ -861,24 +781,10 @@ fn madd<const FMA: bool>(x: f32, w: f32, acc: f32) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::kernels::{test_values as values, wire_test_clamp};
     use super::*;
     use tract_onnx::tract_core::ops::cnn::{KernelFormat, PaddingSpec, PoolSpec};
     use tract_onnx::tract_core::ops::nn::DataFormat;
-
-    /// Deterministic values in [-1, 1): the test needs variety, not statistics.
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     struct Case {
         format: DataFormat,
@@ -934,11 +840,8 @@ mod tests {
         if let Some(slopes) = &case.prelu {
             y = crate::infer::prelu::wire_for_test(&mut model, y, case.format, slopes, true)?;
         }
-        if let Some((lo, hi)) = case.clamp {
-            let lo = model.add_const("lo", tensor4(&[[[[lo]]]]))?;
-            let hi = model.add_const("hi", tensor4(&[[[[hi]]]]))?;
-            y = model.wire_node("max", math::max(), &[y, lo])?[0];
-            y = model.wire_node("min", math::min(), &[y, hi])?[0];
+        if let Some(clamp) = case.clamp {
+            y = wire_test_clamp(&mut model, y, clamp)?;
         }
         model.select_output_outlets(&[y])?;
         Ok(model)

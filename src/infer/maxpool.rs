@@ -15,7 +15,7 @@
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::MaxPool;
 
-use super::kernels::{fill_rows, tap_range, Isa};
+use super::kernels::{fill_rows, splice, tap_range, Isa};
 
 /// Replace every eligible `MaxPool` of a decluttered model; returns how many were replaced.
 /// `channels_last`: the model is about to run channel-last (`conv_nhwc`).
@@ -29,21 +29,10 @@ pub(super) fn replace(model: &mut TypedModel, channels_last: bool) -> TractResul
         let Some(op) = RowMaxPool::from_pool(model, node, pool, channels_last)? else {
             continue;
         };
-        let mut patch = TypedModelPatch::new("veriface-maxpool");
-        let mut wire = patch.tap_model(model, node.inputs[0])?;
-        let rank = model.outlet_fact(wire)?.rank();
-        let (c_axis, last_axis) = (rank - 3, rank - 1);
-        if channels_last {
-            let name = format!("{}.nhwc_in", node.name);
-            wire = patch.wire_node(name, AxisOp::Move(c_axis, last_axis), &[wire])?[0];
-        }
-        wire = patch.wire_node(&node.name, op, &[wire])?[0];
-        if channels_last {
-            let name = format!("{}.nhwc_out", node.name);
-            wire = patch.wire_node(name, AxisOp::Move(last_axis, c_axis), &[wire])?[0];
-        }
-        patch.shunt_outside(model, OutletId::new(id, 0), wire)?;
-        patch.apply(model)?;
+        let rank = model.outlet_fact(node.inputs[0])?.rank();
+        let moves = channels_last.then_some((rank - 3, rank - 1));
+        let (name, input) = (node.name.clone(), node.inputs[0]);
+        splice(model, &name, op, &[input], id, moves)?;
         replaced += 1;
     }
     if replaced > 0 {

@@ -14,13 +14,10 @@
 use std::sync::Arc;
 
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::array::{Pad, PadMode};
-use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::Conv;
-use tract_onnx::tract_core::ops::math;
 use tract_onnx::tract_core::optim::Optimizer;
 
-use super::kernels::{fill_rows, prelu, scalar_const, Isa};
+use super::kernels::{absorb_epilogue, conv_parts, fill_rows, splice, ConvParts, Isa};
 
 /// Replace every eligible pointwise `Conv` of a typed model that is about to run channel-last
 /// (with the residual `Add` and the clamps that follow it); returns how many. It runs before
@@ -49,140 +46,21 @@ fn replace_with(model: &mut TypedModel, isa: Isa) -> TractResult<usize> {
         let x_shape = conv.pool_spec.data_format.shape(x_shape)?;
         let channels_first = !conv.pool_spec.data_format.c_is_last();
         let (c_axis, last_axis) = (x_shape.c_axis(), x_shape.hw_axes().end - 1);
-        let (residual, last) = absorb_epilogue(model, id, c_axis, &mut op)?;
-        let mut patch = TypedModelPatch::new("veriface-pointwise");
-        let mut inputs = tvec!(patch.tap_model(model, node.inputs[0])?);
-        if let Some(residual) = residual {
-            inputs.push(patch.tap_model(model, residual)?);
-        }
-        if channels_first {
-            for (i, wire) in inputs.iter_mut().enumerate() {
-                let name = format!("{}.nhwc_in{i}", node.name);
-                *wire = patch.wire_node(name, AxisOp::Move(c_axis, last_axis), &[*wire])?[0];
-            }
-        }
-        let mut wire = patch.wire_node(&node.name, op, &inputs)?[0];
-        if channels_first {
-            let name = format!("{}.nhwc_out", node.name);
-            wire = patch.wire_node(name, AxisOp::Move(last_axis, c_axis), &[wire])?[0];
-        }
-        patch.shunt_outside(model, OutletId::new(last, 0), wire)?;
-        patch.apply(model)?;
+        let (epilogue, last) = absorb_epilogue(model, id, c_axis, op.outputs, true, true)?;
+        op.residual_channels = epilogue.residual.map(|r| r.1);
+        op.slopes = epilogue.slopes.map(|s| Arc::new(op.padded(&s)));
+        op.clamp = epilogue.clamp;
+        let mut inputs = vec![node.inputs[0]];
+        inputs.extend(epilogue.residual.map(|r| r.0));
+        let moves = channels_first.then_some((c_axis, last_axis));
+        let name = node.name.clone();
+        splice(model, &name, op, &inputs, last, moves)?;
         replaced += 1;
     }
     if replaced > 0 {
         model.compact()?;
     }
     Ok(replaced)
-}
-
-/// Follow the conv's output through the nodes the op can fuse: one `Add` of a tensor of the
-/// output's shape (a residual), a PReLU as `prelu.rs` expands it, then `max(x, a)` / `min(x, b)`
-/// against scalar constants, in that order. Returns the residual and the last node covered.
-fn absorb_epilogue(
-    model: &TypedModel,
-    conv: usize,
-    c_axis: usize,
-    op: &mut Pointwise,
-) -> TractResult<(Option<OutletId>, usize)> {
-    let mut last = conv;
-    let mut residual = None;
-    loop {
-        let outlet = OutletId::new(last, 0);
-        if model.outputs.contains(&outlet) {
-            break;
-        }
-        let unclamped = op.clamp == (f32::NEG_INFINITY, f32::INFINITY);
-        if op.slopes.is_none() && unclamped {
-            if let Some((slopes, end)) = prelu(model, outlet, c_axis, op.outputs)? {
-                op.slopes = Some(Arc::new(op.padded(&slopes)));
-                last = end;
-                continue;
-            }
-        }
-        let succ = &model.node(last).outputs[0].successors;
-        if succ.len() != 1 {
-            break;
-        }
-        let next = model.node(succ[0].node);
-        let Some(bin) = next.op_as::<TypedBinOp>() else {
-            break;
-        };
-        let Some(&other) = next.inputs.iter().find(|i| **i != outlet) else {
-            break;
-        };
-        let shape = &model.outlet_fact(outlet)?.shape;
-        if next.inputs.len() != 2 || model.outlet_fact(OutletId::new(next.id, 0))?.shape != *shape {
-            break;
-        }
-        if let Some(bound) = scalar_const(model, other) {
-            if bin.0.is::<math::Max>() {
-                op.clamp.0 = op.clamp.0.max(bound);
-            } else if bin.0.is::<math::Min>() {
-                op.clamp.1 = op.clamp.1.min(bound);
-            } else {
-                break;
-            }
-        } else if bin.0.is::<math::Add>() && residual.is_none() && op.slopes.is_none() && unclamped
-        {
-            let Some((source, channels)) = residual_source(model, other, next.id, c_axis, shape)?
-            else {
-                break;
-            };
-            residual = Some(source);
-            op.residual_channels = Some(channels);
-        } else {
-            break;
-        }
-        last = next.id;
-    }
-    Ok((residual, last))
-}
-
-/// The tensor a residual `Add` (node `add`) adds, and its channels: `other` itself when it has
-/// the output's shape, or the input of a zero `Pad` of the channel axis's end (BlazeFace and
-/// FaceMesh widen their residuals so), which the op adds only to the first channels. A `Pad`
-/// left in place would block the channel-last layout: it runs channel-first between transposes.
-fn residual_source(
-    model: &TypedModel,
-    other: OutletId,
-    add: usize,
-    c_axis: usize,
-    shape: &ShapeFact,
-) -> TractResult<Option<(OutletId, usize)>> {
-    let fact = model.outlet_fact(other)?;
-    let Some(dims) = shape.as_concrete() else {
-        return Ok(None);
-    };
-    if fact.datum_type != f32::datum_type() || fact.shape != *shape {
-        return Ok(None);
-    }
-    let producer = model.node(other.node);
-    if let Some(pad) = producer.op_as::<Pad>() {
-        let only_into_add = model.outlet_successors(other).iter().all(|s| s.node == add);
-        let zero = match &pad.mode {
-            PadMode::Constant(v) => v.cast_to_scalar::<f32>().ok() == Some(0.0),
-            _ => false,
-        };
-        let channel_end_only = pad.pads.len() == dims.len()
-            && pad
-                .pads
-                .iter()
-                .enumerate()
-                .all(|(axis, p)| p.0 == 0 && (p.1 == 0 || axis == c_axis));
-        let source = producer.inputs[0];
-        let source_fact = model.outlet_fact(source)?;
-        let channels = source_fact.shape.as_concrete().map(|d| d[c_axis]);
-        if let (true, true, true, Some(channels)) = (
-            only_into_add,
-            zero,
-            channel_end_only && source_fact.datum_type == f32::datum_type(),
-            channels,
-        ) {
-            return Ok(Some((source, channels)));
-        }
-    }
-    Ok(Some((other, dims[c_axis])))
 }
 
 /// `y[p, o] = clamp(sum_i x[p, i] * w[i, o] + bias[o] (+ residual[p, o]))` over the pixels `p`
@@ -262,23 +140,12 @@ impl Pointwise {
         let pointwise = spec.kernel_shape.len() == 2
             && spec.kernel_shape.iter().all(|k| *k == 1)
             && (0..2).all(|axis| spec.stride(axis) == 1);
-        if !pointwise || conv.group != 1 || conv.q_params.is_some() || node.inputs.len() != 3 {
+        if !pointwise || conv.group != 1 {
             return Ok(None);
         }
-        let x = model.outlet_fact(node.inputs[0])?;
-        let (Some(kernel), Some(bias)) = (
-            model.outlet_fact(node.inputs[1])?.konst.clone(),
-            model.outlet_fact(node.inputs[2])?.konst.clone(),
-        ) else {
+        let Some(ConvParts { kernel, bias, data }) = conv_parts(model, node, conv)? else {
             return Ok(None);
         };
-        let Some(shape) = x.shape.as_concrete() else {
-            return Ok(None);
-        };
-        if x.datum_type != f32::datum_type() || kernel.datum_type() != f32::datum_type() {
-            return Ok(None);
-        }
-        let data = spec.data_format.shape(shape.to_vec())?;
         let hw = data.hw_dims();
         let padding = spec.computed_padding(hw);
         if padding
@@ -294,12 +161,6 @@ impl Pointwise {
         if grouped.len() != inputs * outputs {
             return Ok(None);
         }
-        let bias = bias.cast_to::<f32>()?;
-        let bias = match bias.try_as_plain_ram()?.as_slice::<f32>()? {
-            [b] => vec![*b; outputs],
-            b if b.len() == outputs => b.to_vec(),
-            _ => return Ok(None),
-        };
         let width = panel_width(isa);
         let panels = outputs.div_ceil(width);
         let mut weights = vec![0f32; panels * inputs * width];
@@ -916,24 +777,14 @@ kernels!(
 
 #[cfg(test)]
 mod tests {
+    use super::super::kernels::{test_values as values, wire_test_clamp};
     use super::*;
+    use tract_onnx::tract_core::ops::array::{Pad, PadMode};
     use tract_onnx::tract_core::ops::cnn::{KernelFormat, PaddingSpec, PoolSpec};
+    use tract_onnx::tract_core::ops::math;
     use tract_onnx::tract_core::ops::nn::DataFormat;
 
     use crate::infer::prelu::wire_for_test;
-
-    /// Deterministic values in [-1, 1): the test needs variety, not statistics.
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005) ^ 0x9e3779b97f4a7c15;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     struct Case {
         format: DataFormat,
@@ -999,11 +850,8 @@ mod tests {
                 .collect();
             y = wire_for_test(&mut model, y, case.format, &slopes, known)?;
         }
-        if let Some((lo, hi)) = case.clamp {
-            let lo = model.add_const("lo", tensor4(&[[[[lo]]]]))?;
-            let hi = model.add_const("hi", tensor4(&[[[[hi]]]]))?;
-            y = model.wire_node("max", math::max(), &[y, lo])?[0];
-            y = model.wire_node("min", math::min(), &[y, hi])?[0];
+        if let Some(clamp) = case.clamp {
+            y = wire_test_clamp(&mut model, y, clamp)?;
         }
         model.select_output_outlets(&[y])?;
         Ok(model)
