@@ -329,6 +329,7 @@ impl EvalOp for DirectConv {
                 kind: self.kind,
                 channels_last: self.channels_last,
                 dense: self.dense.as_deref(),
+                isa: self.isa,
             };
             run(self.isa, &args, rows)
         };
@@ -377,6 +378,9 @@ struct Args<'a> {
     kind: Kind,
     channels_last: bool,
     dense: Option<&'a Dense>,
+    /// For the vector depthwise tiles (x86 only).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    isa: Isa,
 }
 
 fn run(isa: Isa, args: &Args, out: &mut [f32]) {
@@ -567,12 +571,23 @@ fn rows<const FMA: bool>(a: &Args, out: &mut [f32]) {
             true => ow.min((iw + pad - reach) / s + 1),
             false => 0,
         };
-        let dense = a.dense.filter(|_| (ky0, ky1) == (0, kh) && lo < hi);
+        let full_height = (ky0, ky1) == (0, kh) && lo < hi;
+        let dense = a.dense.filter(|_| full_height);
+        // Depthwise interior: the vector tiles take the channels up to the last whole vector.
+        let first = || (iy0.max(0) as usize * iw + lo * s).saturating_sub(pad) * ci;
+        let vector = match a.kind == Kind::Depthwise && full_height {
+            true => vector_depthwise(a, &image[first()..], hi - lo, &mut row[lo * c..hi * c]),
+            false => 0,
+        };
+        let interior = |ox: usize| vector > 0 && (lo..hi).contains(&ox);
         let mut ox = 0;
         while ox < ow {
+            if interior(ox) && vector == c {
+                ox = hi;
+                continue;
+            }
             if let (Some(dense), true) = (dense, ox == lo) {
-                let first = (iy0 as usize * iw + lo * s - pad) * ci;
-                dense_row(dense, &image[first..], &mut row[lo * c..hi * c]);
+                dense_row(dense, &image[first()..], &mut row[lo * c..hi * c]);
                 ox = hi;
                 continue;
             }
@@ -593,7 +608,7 @@ fn rows<const FMA: bool>(a: &Args, out: &mut [f32]) {
             // the function it is written in).
             macro_rules! blocks {
                 ($block:ident, $($out:ident),+) => {{
-                    let mut c0 = 0;
+                    let mut c0 = if interior(ox) { vector } else { 0 };
                     for width in [64, 16, 4, 1] {
                         while c0 + width <= c {
                             match width {
@@ -618,7 +633,7 @@ fn rows<const FMA: bool>(a: &Args, out: &mut [f32]) {
                     iw,
                     kw,
                 );
-                (next.0, next.1) == (kx0, kx1)
+                (next.0, next.1) == (kx0, kx1) && interior(ox) == interior(ox + 1)
             };
             if paired {
                 let (first, second) = row[ox * c..][..2 * c].split_at_mut(c);
@@ -634,6 +649,38 @@ fn rows<const FMA: bool>(a: &Args, out: &mut [f32]) {
             }
         }
     }
+}
+
+/// The vector tiles' share of a channel-last depthwise row (`count` interior pixels from
+/// `x`, their tap (0, 0)); returns the channels done, 0 where there is no vector copy (on
+/// aarch64 tract's NEON kernel runs channel-last depthwise instead of this op).
+#[cfg(target_arch = "x86_64")]
+fn vector_depthwise(a: &Args, x: &[f32], count: usize, out: &mut [f32]) -> usize {
+    let g = a.g;
+    let rows = super::pointwise::DepthwiseRow {
+        isa: a.isa,
+        channels: g.channels,
+        kernel_hw: g.kernel_hw,
+        tap_step: [
+            g.dilations[0] * g.input_hw[1] * g.channels,
+            g.dilations[1] * g.channels,
+        ],
+        pixel_step: g.strides[1] * g.channels,
+        weights: a.w,
+        bias: a.b,
+        slopes: a.slopes,
+        clamp: a.clamp,
+    };
+    let channels = rows.vector_channels();
+    if channels > 0 {
+        rows.run(x, count, out);
+    }
+    channels
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn vector_depthwise(_: &Args, _: &[f32], _: usize, _: &mut [f32]) -> usize {
+    0
 }
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -957,6 +1004,29 @@ mod tests {
             prelu: Some(values(70, 5).iter().map(|v| v * 1.5).collect()),
             clamp: None,
         })
+    }
+
+    #[test]
+    fn matches_tract_channel_last_on_vector_tiles() -> TractResult<()> {
+        // 48 channels: vector tiles of two vectors and of one (AVX-512), or three of two
+        // (AVX2); 23 columns: interior tiles of four pixels and single ones, edges around them;
+        // then 50 channels, whose last two take the per-pixel path beside the tiles.
+        for channels in [48, 50] {
+            check(Case {
+                format: DataFormat::NHWC,
+                batch: 1,
+                dense_inputs: None,
+                channels,
+                hw: [5, 23],
+                kernel: [3, 3],
+                strides: [1, 1],
+                dilations: [1, 1],
+                padding: PaddingSpec::SameUpper,
+                prelu: None,
+                clamp: Some((0.0, 0.5)),
+            })?;
+        }
+        Ok(())
     }
 
     #[test]

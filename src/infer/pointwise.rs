@@ -319,6 +319,66 @@ fn run(isa: Isa, args: &Args, out: &mut [f32]) {
     }
 }
 
+/// Channel-last depthwise output pixels of one row whose taps all lie inside the input, on the
+/// same vector types: tiles of four pixels by two vectors of channels share each weight load.
+/// Only the channels up to the last whole vector; the caller runs the rest.
+pub(super) struct DepthwiseRow<'a> {
+    pub isa: Isa,
+    pub channels: usize,
+    pub kernel_hw: [usize; 2],
+    /// Input values between taps: vertically (a dilated input row), horizontally.
+    pub tap_step: [usize; 2],
+    /// Input values between neighbouring output pixels.
+    pub pixel_step: usize,
+    /// `[taps, channels]`.
+    pub weights: &'a [f32],
+    pub bias: &'a [f32],
+    pub slopes: Option<&'a [f32]>,
+    pub clamp: (f32, f32),
+}
+
+// On aarch64 tract's NEON kernel runs the channel-last depthwise convolutions (1 % fewer
+// instructions than veriface's block path there), so nothing calls this yet.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+impl DepthwiseRow<'_> {
+    /// Channels the vector kernel covers: whole vectors (none where this CPU has no copy).
+    pub(super) fn vector_channels(&self) -> usize {
+        if self.isa == Isa::Baseline {
+            return 0;
+        }
+        let lanes = panel_width(self.isa) / 2;
+        self.channels / lanes * lanes
+    }
+
+    /// `count` output pixels into `out` (`count` × channels, the tail channels left alone),
+    /// the first pixel's tap (0, 0) at `x[0]`.
+    pub(super) fn run(&self, x: &[f32], count: usize, out: &mut [f32]) {
+        let [kh, kw] = self.kernel_hw;
+        let reach = (kh - 1) * self.tap_step[0] + (kw - 1) * self.tap_step[1];
+        assert!(count == 0 || x.len() >= (count - 1) * self.pixel_step + reach + self.channels);
+        assert!(out.len() >= count * self.channels);
+        match self.isa {
+            // SAFETY: `Isa::detect` chose these only where the CPU reports the features; the
+            // asserts above keep every load and store inside the slices.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe {
+                avx512::depthwise_row(self, x.as_ptr(), count, out.as_mut_ptr())
+            },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma => unsafe {
+                avx2::depthwise_row(self, x.as_ptr(), count, out.as_mut_ptr())
+            },
+            // SAFETY: as above; every aarch64 CPU has NEON.
+            #[cfg(target_arch = "aarch64")]
+            Isa::Baseline => unsafe {
+                neon::depthwise_row(self, x.as_ptr(), count, out.as_mut_ptr())
+            },
+            #[cfg(not(target_arch = "aarch64"))]
+            Isa::Baseline => {}
+        }
+    }
+}
+
 /// A dense convolution of few input channels (an RGB stem) on the pointwise kernels: the
 /// weight rows are its taps × input channels, and a tile of output pixels of one row reads each
 /// tap's value at a fixed offset from the pixel's first. The caller hands over the pixels whose
@@ -544,6 +604,95 @@ macro_rules! kernels {
             }
 
             $accumulate
+
+            /// Depthwise output pixels (see `DepthwiseRow`): tiles of up to four pixels by one
+            /// or two vectors of channels.
+            #[target_feature(enable = $feature)]
+            #[allow(dead_code)]
+            pub(super) unsafe fn depthwise_row(
+                d: &DepthwiseRow,
+                x: *const f32,
+                count: usize,
+                out: *mut f32,
+            ) {
+                let channels = d.vector_channels();
+                let mut c0 = 0;
+                while c0 < channels {
+                    let two = c0 + 2 * $lanes <= channels;
+                    let mut p = 0;
+                    while p < count {
+                        let (x, o) = (x.add(p * d.pixel_step + c0), out.add(p * d.channels + c0));
+                        p += match (two, count - p >= 4) {
+                            (true, true) => depthwise_tile::<4, 2>(d, x, c0, o),
+                            (true, false) => depthwise_tile::<1, 2>(d, x, c0, o),
+                            (false, true) => depthwise_tile::<4, 1>(d, x, c0, o),
+                            (false, false) => depthwise_tile::<1, 1>(d, x, c0, o),
+                        };
+                    }
+                    c0 += if two { 2 * $lanes } else { $lanes };
+                }
+            }
+
+            #[target_feature(enable = $feature)]
+            #[inline]
+            unsafe fn depthwise_tile<const M: usize, const V: usize>(
+                d: &DepthwiseRow,
+                x: *const f32,
+                c0: usize,
+                out: *mut f32,
+            ) -> usize {
+                let acc = depthwise_sums::<M, V>(d, x, c0);
+                let lo = $set1(d.clamp.0);
+                let hi = $set1(d.clamp.1);
+                let zero = $zero();
+                for (m, row) in acc.iter().enumerate() {
+                    for (v, lane) in row.iter().enumerate() {
+                        let mut y = *lane;
+                        if let Some(s) = d.slopes {
+                            let s = $loadu(s.as_ptr().add(c0 + v * $lanes));
+                            y = $fmadd(s, $min(y, zero), $max(y, zero));
+                        }
+                        $storeu(out.add(m * d.channels + v * $lanes), $min($max(y, lo), hi));
+                    }
+                }
+                M
+            }
+
+            /// Not inlined, for the reason `accumulate` is not.
+            #[target_feature(enable = $feature)]
+            #[inline(never)]
+            unsafe fn depthwise_sums<const M: usize, const V: usize>(
+                d: &DepthwiseRow,
+                x: *const f32,
+                c0: usize,
+            ) -> [[$v; V]; M] {
+                let b = d.bias.as_ptr().add(c0);
+                let mut acc: [[$v; V]; M] = [[$zero(); V]; M];
+                for row in acc.iter_mut() {
+                    for (v, lane) in row.iter_mut().enumerate() {
+                        *lane = $loadu(b.add(v * $lanes));
+                    }
+                }
+                let [kh, kw] = d.kernel_hw;
+                for ky in 0..kh {
+                    let line = x.add(ky * d.tap_step[0]);
+                    for kx in 0..kw {
+                        let w = d.weights.as_ptr().add((ky * kw + kx) * d.channels + c0);
+                        let mut wv: [$v; V] = [$zero(); V];
+                        for (v, lane) in wv.iter_mut().enumerate() {
+                            *lane = $loadu(w.add(v * $lanes));
+                        }
+                        let tap = line.add(kx * d.tap_step[1]);
+                        for (m, row) in acc.iter_mut().enumerate() {
+                            for v in 0..V {
+                                let xv = $loadu(tap.add(m * d.pixel_step + v * $lanes));
+                                row[v] = $fmadd(xv, wv[v], row[v]);
+                            }
+                        }
+                    }
+                }
+                acc
+            }
 
             /// The sums of one tile of a dense convolution (`DenseTaps`), bias included:
             /// pixel `m`'s input value for weight row `i` at `x[(p + m)·step + offsets[i]]`.
