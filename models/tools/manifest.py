@@ -29,9 +29,9 @@ DEEPFAKE_TERMS = {
 
 # "tract_channels_last": tract runs the model's float convolutions channel-last (NHWC), chosen
 # by measurement (`veriface bench --model KEY --tract-layout nchw|nhwc`, `--profile` per node).
-# In that layout the depthwise convolutions vectorise across channels: veriface's own op on x86
-# (src/infer/depthwise.rs; tract 0.23 has no channel-inner depthwise kernel there), tract's NEON
-# kernel on aarch64; the pointwise convolutions run veriface's product on the activations in
+# In that layout the depthwise convolutions vectorise across channels (veriface's own op,
+# src/infer/depthwise.rs; tract 0.23 has a channel-inner depthwise kernel on aarch64 only, and
+# veriface's executes fewer instructions there too); the pointwise convolutions run veriface's product on the activations in
 # place (src/infer/pointwise.rs: x86 and NEON), with residual, channel padding, PReLU and clamps
 # fused, the stems its tiles too, and max pools channel-last. The f32 EfficientNets went from
 # 28-30 ms (NCHW) and 20-22 ms (NHWC with tract's depthwise) to 6-8 ms per inference (x86_64 with

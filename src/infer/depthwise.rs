@@ -1,13 +1,16 @@
-//! Depthwise convolutions for tract, with their bias and a following clamp (ReLU6) fused.
-//! tract 0.23 has a vectorised channel-inner depthwise kernel on aarch64 only: on x86 its NHWC
-//! depthwise ran a generic loop, half of the frame model's time (`bench --model deepfake
-//! --profile`: 11.0 of 21.8 ms). Channel-last, this op keeps a block of channels in registers
-//! over every tap of an output point (two neighbouring points share each weight load).
-//! Channel-first, where tract's stride-2 path is scalar, it builds a channel's output row in
-//! blocks kept in registers over the taps. It is compiled three times on x86 (AVX-512, AVX2+FMA,
-//! baseline) and picks the widest at load.
-//! The same op runs a dense convolution of a narrow input (EfficientNet's RGB stem), which tract
-//! ran as a matrix product, a transpose to channel-last and a separate clamp (1.2 → 0.8 ms).
+//! Depthwise convolutions for tract, with their bias and a following PReLU and clamp (ReLU6)
+//! fused. tract 0.23 has a vectorised channel-inner depthwise kernel on aarch64 only: on x86 its
+//! NHWC depthwise ran a generic loop, half of the frame model's time (`bench --model deepfake
+//! --profile`: 11.0 of 21.8 ms). Channel-last, the outputs whose taps all lie inside the input
+//! run on the pointwise kernels' vector tiles (`pointwise::DepthwiseRow`: four pixels by two
+//! vectors share each weight load); the edges and the channels past the last whole vector keep
+//! a block of channels in registers over every tap of an output point (two neighbouring points
+//! share each weight load). Channel-first, where tract's stride-2 path is scalar, it builds a
+//! channel's output row in blocks kept in registers over the taps. The block paths are compiled
+//! three times on x86 (AVX-512, AVX2+FMA, baseline) and the widest is picked at load.
+//! The same op runs a dense convolution of a narrow input (an RGB stem; its interior on the
+//! pointwise kernels, `pointwise::DenseTaps`), which tract ran as a matrix product, a transpose
+//! to channel-last and a separate clamp (1.2 → 0.4 ms).
 //!
 //! It replaces tract's `Conv` where the convolution is depthwise (one group per channel) or has
 //! at most four input channels, f32, 2-D, with constant weights and a concrete input shape, on
@@ -378,8 +381,11 @@ struct Args<'a> {
     kind: Kind,
     channels_last: bool,
     dense: Option<&'a Dense>,
-    /// For the vector depthwise tiles (x86 only).
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    /// For the vector depthwise tiles.
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        allow(dead_code)
+    )]
     isa: Isa,
 }
 
@@ -652,9 +658,9 @@ fn rows<const FMA: bool>(a: &Args, out: &mut [f32]) {
 }
 
 /// The vector tiles' share of a channel-last depthwise row (`count` interior pixels from
-/// `x`, their tap (0, 0)); returns the channels done, 0 where there is no vector copy (on
-/// aarch64 tract's NEON kernel runs channel-last depthwise instead of this op).
-#[cfg(target_arch = "x86_64")]
+/// `x`, their tap (0, 0)); returns the channels done, 0 where there is no vector copy (x86
+/// without AVX2).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn vector_depthwise(a: &Args, x: &[f32], count: usize, out: &mut [f32]) -> usize {
     let g = a.g;
     let rows = super::pointwise::DepthwiseRow {
@@ -678,7 +684,7 @@ fn vector_depthwise(a: &Args, x: &[f32], count: usize, out: &mut [f32]) -> usize
     channels
 }
 
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 fn vector_depthwise(_: &Args, _: &[f32], _: usize, _: &mut [f32]) -> usize {
     0
 }

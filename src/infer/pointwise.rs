@@ -1,15 +1,17 @@
-//! Pointwise (1x1, stride 1, one group) convolutions of the channel-last models on x86, as a
-//! matrix product that reads the activations where they lie. tract lowers them to its packed
+//! Pointwise (1x1, stride 1, one group) convolutions of the channel-last models, as a matrix
+//! product that reads the activations where they lie. tract lowers them to its packed
 //! matrix product, which copies the activations into panels before every product: in the frame
 //! model that packing was 1.0 of the 6.3 ms its 33 products took (`bench --model deepfake
 //! --profile`). Channel-last, a pixel's input channels are already one contiguous row, so a tile
 //! of pixels broadcasts its values straight from the input against the weights (packed once, at
-//! load, in panels of two vectors of output channels). Bias, a residual `Add` that follows the
-//! convolution and a clamp (ReLU6) after either are fused into the tile's store.
+//! load, in panels of two vectors of output channels). Bias, a residual `Add` (also one padded
+//! with zero channels), PReLU and clamps are fused into the tile's store. Copies for AVX-512,
+//! AVX2+FMA and NEON; x86 without AVX2 keeps tract's products.
 //!
-//! It replaces tract's `Conv` on the decluttered model before `conv_nhwc`, between transposes
-//! that decluttering cancels against their neighbours', where the CPU has AVX2+FMA or AVX-512;
-//! elsewhere (aarch64: tract's NEON kernels) the products stay tract's.
+//! It replaces tract's `Conv` on the typed model before decluttering (which would turn it into
+//! tract's einsum), between transposes that decluttering cancels against their neighbours'. The
+//! same kernels run the interior of the stems (`DenseTaps`) and of the channel-last depthwise
+//! convolutions (`DepthwiseRow`) for the depthwise op.
 
 use std::sync::Arc;
 
@@ -337,13 +339,10 @@ pub(super) struct DepthwiseRow<'a> {
     pub clamp: (f32, f32),
 }
 
-// On aarch64 tract's NEON kernel runs the channel-last depthwise convolutions (1 % fewer
-// instructions than veriface's block path there), so nothing calls this yet.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 impl DepthwiseRow<'_> {
     /// Channels the vector kernel covers: whole vectors (none where this CPU has no copy).
     pub(super) fn vector_channels(&self) -> usize {
-        if self.isa == Isa::Baseline {
+        if self.isa == Isa::Baseline && cfg!(target_arch = "x86_64") {
             return 0;
         }
         let lanes = panel_width(self.isa) / 2;

@@ -97,22 +97,20 @@ fn optimized_plan(
 
 /// Where tract 0.23 has no fast kernel for a node, run veriface's op instead (measured in
 /// `bench --model KEY --profile --tract-ops tract|veriface`, and under qemu by
-/// benches/arm/count.sh): max pooling in the channel-first models, and their depthwise
-/// convolutions of stride 2 (tract vectorises stride 1 itself); in the channel-last models the
-/// depthwise and few-input (stem) convolutions, where tract has no channel-inner depthwise kernel
-/// for this CPU (x86: it has one for aarch64, 1 % fewer instructions than veriface's there).
+/// benches/arm/count.sh): max pooling; in the channel-first models the depthwise convolutions
+/// of stride 2 (tract vectorises stride 1 itself); in the channel-last models the depthwise and
+/// few-input (stem) convolutions. On aarch64 tract has a channel-inner depthwise kernel, but
+/// veriface's vector tiles execute fewer instructions (frame model 170 → 166 M on cortex-a72
+/// and a76), and the stems need the op.
 fn own_ops(model: &mut TypedModel, channels_last: bool) -> Result<()> {
     super::maxpool::replace(model, channels_last)?;
-    let channel_inner_kernel = tract_linalg::routines::depthwise_c_f32().is_some();
-    if !(channels_last && channel_inner_kernel) {
-        super::depthwise::replace(model, channels_last)?;
-    }
+    super::depthwise::replace(model, channels_last)?;
     Ok(())
 }
 
 /// The channel-last pointwise convolutions on x86, where veriface's product reads the
 /// activations in place instead of packing them (frame model: tract's products and packing 5.8
-/// ms, veriface's 3.9). On aarch64 tract's NEON products stay.
+/// ms, veriface's 3.9); its NEON copy on aarch64.
 fn own_pointwise_ops(model: &mut TypedModel) -> Result<()> {
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     super::pointwise::replace(model)?;
