@@ -464,3 +464,14 @@ pub(super) fn wire_test_clamp(
     let y = model.wire_node("max", math::max(), &[y, lo])?[0];
     Ok(model.wire_node("min", math::min(), &[y, hi])?[0])
 }
+
+/// The largest absolute difference between an op's outputs and tract's, for the tests.
+#[cfg(test)]
+pub(super) fn worst_difference(expected: &[f32], got: &[f32]) -> f32 {
+    assert_eq!(expected.len(), got.len());
+    expected
+        .iter()
+        .zip(got)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max)
+}

@@ -50,7 +50,7 @@ fn replace_with(model: &mut TypedModel, isa: Isa) -> TractResult<usize> {
         let (c_axis, last_axis) = (x_shape.c_axis(), x_shape.hw_axes().end - 1);
         let (epilogue, last) = absorb_epilogue(model, id, c_axis, op.outputs, true, true)?;
         op.residual_channels = epilogue.residual.map(|r| r.1);
-        op.slopes = epilogue.slopes.map(|s| Arc::new(op.padded(&s)));
+        op.slopes = epilogue.slopes.map(|s| Arc::new(pad_panels(isa, &s)));
         op.clamp = epilogue.clamp;
         let mut inputs = vec![node.inputs[0]];
         inputs.extend(epilogue.residual.map(|r| r.0));
@@ -163,17 +163,7 @@ impl Pointwise {
         if grouped.len() != inputs * outputs {
             return Ok(None);
         }
-        let width = panel_width(isa);
-        let panels = outputs.div_ceil(width);
-        let mut weights = vec![0f32; panels * inputs * width];
-        let mut padded_bias = vec![0f32; panels * width];
-        for o in 0..outputs {
-            let (panel, j) = (o / width, o % width);
-            for i in 0..inputs {
-                weights[(panel * inputs + i) * width + j] = grouped[o * inputs + i];
-            }
-            padded_bias[o] = bias[o];
-        }
+        let weights = pack_panels(isa, inputs, outputs, |i, o| grouped[o * inputs + i]);
         let pixels = data.n().copied().unwrap_or(1) * hw[0] * hw[1];
         let mut output_shape: TVec<usize> = tvec![hw[0], hw[1], outputs];
         if let Some(&n) = data.n() {
@@ -184,7 +174,7 @@ impl Pointwise {
             outputs,
             pixels,
             weights: Arc::new(weights),
-            bias: Arc::new(padded_bias),
+            bias: Arc::new(pad_panels(isa, &bias)),
             residual_channels: None,
             slopes: None,
             clamp: (f32::NEG_INFINITY, f32::INFINITY),
@@ -194,13 +184,31 @@ impl Pointwise {
     }
 }
 
-impl Pointwise {
-    /// Per-output-channel values laid out like the bias: whole panels, zero-padded.
-    fn padded(&self, values: &[f32]) -> Vec<f32> {
-        let mut padded = vec![0f32; self.bias.len()];
-        padded[..values.len()].copy_from_slice(values);
-        padded
+/// Weights `weight(row, output)` in the kernels' layout: panels of `panel_width(isa)` output
+/// channels, each `[rows, width]`, zero-padded past the last output.
+fn pack_panels(
+    isa: Isa,
+    rows: usize,
+    outputs: usize,
+    weight: impl Fn(usize, usize) -> f32,
+) -> Vec<f32> {
+    let width = panel_width(isa);
+    let mut packed = vec![0f32; outputs.div_ceil(width) * rows * width];
+    for o in 0..outputs {
+        for r in 0..rows {
+            packed[((o / width) * rows + r) * width + o % width] = weight(r, o);
+        }
     }
+    packed
+}
+
+/// Per-output-channel values (bias, slopes) laid out like `pack_panels`' outputs: whole panels,
+/// zero-padded.
+fn pad_panels(isa: Isa, values: &[f32]) -> Vec<f32> {
+    let width = panel_width(isa);
+    let mut padded = vec![0f32; values.len().div_ceil(width) * width];
+    padded[..values.len()].copy_from_slice(values);
+    padded
 }
 
 impl Op for Pointwise {
@@ -413,28 +421,14 @@ impl DenseTaps {
         if isa == Isa::Baseline && cfg!(target_arch = "x86_64") {
             return None;
         }
-        let width = panel_width(isa);
-        let panels = outputs.div_ceil(width);
-        let rows = offsets.len();
-        let mut weights = vec![0f32; panels * rows * width];
-        for o in 0..outputs {
-            for r in 0..rows {
-                weights[((o / width) * rows + r) * width + o % width] = weight(r, o);
-            }
-        }
-        let pad = |v: &[f32]| {
-            let mut padded = vec![0f32; panels * width];
-            padded[..v.len()].copy_from_slice(v);
-            padded
-        };
         Some(DenseTaps {
             isa,
             outputs,
+            weights: pack_panels(isa, offsets.len(), outputs, weight),
             offsets,
             step,
-            weights,
-            bias: pad(bias),
-            slopes: slopes.map(pad),
+            bias: pad_panels(isa, bias),
+            slopes: slopes.map(|s| pad_panels(isa, s)),
             clamp,
         })
     }
@@ -925,7 +919,7 @@ kernels!(
 
 #[cfg(test)]
 mod tests {
-    use super::super::kernels::{test_values as values, wire_test_clamp};
+    use super::super::kernels::{test_values as values, wire_test_clamp, worst_difference};
     use super::*;
     use tract_onnx::tract_core::ops::array::{Pad, PadMode};
     use tract_onnx::tract_core::ops::cnn::{KernelFormat, PaddingSpec, PoolSpec};
@@ -1044,16 +1038,11 @@ mod tests {
                 names.iter().any(|n| n == "VerifacePointwiseNhwc")
                     && !names
                         .iter()
-                        .any(|n| ["Add", "Max", "Min"].contains(&n.as_str())),
+                        .any(|n| ["Add", "Max", "Min", "Mul", "Pad"].contains(&n.as_str())),
                 "the epilogue was not fused: {names:?}"
             );
             let got = run(ours, &inputs)?;
-            assert_eq!(expected.len(), got.len());
-            let worst = expected
-                .iter()
-                .zip(&got)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let worst = worst_difference(&expected, &got);
             // Sums of `inputs` products of values in [-1, 1), added in another order: the
             // rounding differs by a few ulps of the running sum per term at most.
             let bound = 1e-6 * case.inputs as f32 + 1e-5;
